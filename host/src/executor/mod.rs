@@ -1,0 +1,387 @@
+//! The host runtime: claims jobs, runs each attempt in the sandbox, writes
+//! outcomes back through fenced transitions, and keeps leases alive.
+//!
+//! Roles, one each:
+//! - the **producer** ([`Host::run`]) claims at most as many jobs as there
+//!   are free slots (globally and per plugin), woken at once by an
+//!   in-process enqueue or a freed slot, and by a poll timer for enqueues
+//!   from other processes;
+//! - an **attempt** task ([`attempt`]) runs one job in the sandbox and
+//!   writes its outcome back, fenced on the claim epoch;
+//! - the **lease keeper** ([`lease`]) renews the leases of attempts in
+//!   flight, and cancels an attempt whose job was taken from it;
+//! - the **rescuer** ([`rescuer`]) takes back jobs whose lease expired
+//!   because their worker died or hung.
+
+mod attempt;
+mod lease;
+mod rescuer;
+mod retry;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{Config, PluginSettings};
+use crate::job::{ClaimedJob, Enqueued, Fence, JobId, NewJob};
+use crate::metrics::Metrics;
+use crate::plugins::PluginRegistry;
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::store::{ClaimRequest, Store, StoreError};
+use crate::time::Clock;
+
+/// Why an attempt in flight is being cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelReason {
+    /// The host is shutting down and the grace period is over: the job is
+    /// released without burning the attempt.
+    Shutdown,
+    /// The lease could not be renewed because the job is no longer ours
+    /// (rescued, cancelled by an operator): nothing is written back.
+    LeaseLost,
+}
+
+/// A running jobbox host.
+pub struct Host {
+    config: Config,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    registry: PluginRegistry,
+    metrics: Metrics,
+    /// Woken by in-process enqueues and by freed slots. `notify_one` keeps
+    /// a permit, so a wake that lands while the producer is busy claiming
+    /// is not lost.
+    wake: Notify,
+    /// Attempts in flight. A std mutex: held only for map updates, never
+    /// across an await.
+    inflight: Mutex<InFlight>,
+    /// Declared last so that it drops after the plugins: it owns the
+    /// epoch ticker.
+    sandbox: Sandbox,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("worker", &self.config.host.worker_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default)]
+struct InFlight {
+    attempts: HashMap<JobId, Running>,
+    per_kind: HashMap<String, u32>,
+}
+
+#[derive(Debug)]
+struct Running {
+    epoch: u64,
+    kind: String,
+    cancel: watch::Sender<Option<CancelReason>>,
+}
+
+impl Host {
+    /// Builds the sandbox and loads the plugins named by `config`.
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Host> {
+        let sandbox = Sandbox::new(&SandboxConfig {
+            epoch_tick: config.host.epoch_tick,
+            pooling: config.host.pooling,
+            // Headroom over the concurrency: an instance is only freed once
+            // its store is dropped, slightly after its slot is.
+            max_instances: config.host.concurrency.saturating_mul(2).saturating_add(8),
+            max_memory: config.max_memory(),
+        })
+        .context("configuring the wasm engine")?;
+        let registry = PluginRegistry::load(&sandbox, &config);
+        Ok(Host {
+            config,
+            store,
+            clock,
+            registry,
+            metrics: Metrics::default(),
+            wake: Notify::new(),
+            inflight: Mutex::new(InFlight::default()),
+            sandbox,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn plugins(&self) -> &PluginRegistry {
+        &self.registry
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// How many attempts are in flight.
+    pub fn in_flight(&self) -> usize {
+        self.lock_inflight().attempts.len()
+    }
+
+    /// Enqueues jobs and wakes the producer at once. A job without
+    /// `max_attempts` takes its kind's configured value.
+    pub async fn enqueue(&self, mut jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, StoreError> {
+        for job in &mut jobs {
+            job.max_attempts
+                .get_or_insert(self.settings(&job.kind).retry.max_attempts);
+            if self.registry.get(&job.kind).is_none() {
+                tracing::warn!(kind = %job.kind, "enqueued a job of a kind with no plugin loaded");
+            }
+        }
+        let out = self.store.enqueue(jobs, self.clock.now()).await?;
+        self.wake.notify_one();
+        Ok(out)
+    }
+
+    /// The settings for `kind`: its plugin's, else the configured ones.
+    fn settings(&self, kind: &str) -> &PluginSettings {
+        match self.registry.get(kind) {
+            Some(p) => &p.settings,
+            None => self.config.plugin(kind),
+        }
+    }
+
+    /// Runs the host until `shutdown` resolves, then shuts down gracefully:
+    /// stops claiming, lets attempts in flight finish within the grace
+    /// period, then cancels the rest and releases their jobs.
+    pub async fn run(self: &Arc<Self>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let keeper = tokio::spawn(Arc::clone(self).lease_keeper(stop_rx.clone()));
+        let rescuer = tokio::spawn(Arc::clone(self).rescuer(stop_rx));
+        tracing::info!(
+            worker = %self.config.host.worker_id,
+            plugins = self.registry.loaded().count(),
+            rejected = self.registry.rejected().len(),
+            concurrency = self.config.host.concurrency,
+            "host started"
+        );
+
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let limit = self.claim_limit();
+            let mut full = false;
+            if limit.total > 0 {
+                match self.claim(&limit).await {
+                    Ok(jobs) => {
+                        full = jobs.len() as u32 == limit.total;
+                        for job in jobs {
+                            let cancel = self.track(&job);
+                            tasks.spawn(Arc::clone(self).run_attempt(job, cancel));
+                        }
+                    }
+                    Err(e) => {
+                        Metrics::inc(&self.metrics.store_errors);
+                        tracing::error!("claim failed: {e}");
+                    }
+                }
+            }
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(joined) = tasks.join_next() => report_panic(joined),
+                // Every slot was filled: there may be more jobs waiting.
+                () = std::future::ready(()), if full => {}
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.config.host.poll_interval) => {}
+            }
+        }
+
+        let grace = self.config.host.shutdown_grace;
+        tracing::info!(in_flight = tasks.len(), grace = %humantime::format_duration(grace), "shutting down: no more claims");
+        let drained = tokio::time::timeout(grace, async {
+            while let Some(joined) = tasks.join_next().await {
+                report_panic(joined);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            let n = self.cancel_all(CancelReason::Shutdown);
+            tracing::warn!(
+                cancelled = n,
+                "grace period over: cancelling attempts in flight"
+            );
+            while let Some(joined) = tasks.join_next().await {
+                report_panic(joined);
+            }
+        }
+        let _ = stop_tx.send(true);
+        let _ = keeper.await;
+        let _ = rescuer.await;
+        tracing::info!("host stopped");
+        Ok(())
+    }
+
+    /// How many jobs the producer may claim now, and which kinds are full.
+    fn claim_limit(&self) -> ClaimLimit {
+        let inflight = self.lock_inflight();
+        let used = inflight.attempts.len() as u32;
+        let mut total = self.config.host.concurrency.saturating_sub(used);
+        let mut exclude = Vec::new();
+        // Kinds with a tighter limit than the host's: a full one is skipped;
+        // the others cap how many jobs one claim may return, since a claim
+        // could return jobs of any kind not excluded.
+        let defaults = &self.config.defaults;
+        let mut capped = |kind: &str, limit: u32| {
+            let busy = inflight.per_kind.get(kind).copied().unwrap_or(0);
+            if busy >= limit {
+                exclude.push(kind.to_owned());
+            } else if limit < self.config.host.concurrency {
+                total = total.min(limit - busy);
+            }
+        };
+        for (kind, p) in self.registry.loaded() {
+            capped(kind, p.settings.concurrency);
+        }
+        for (kind, s) in &self.config.plugins {
+            if self.registry.get(kind).is_none() {
+                capped(kind, s.concurrency);
+            }
+        }
+        if defaults.concurrency < self.config.host.concurrency {
+            // Any other kind may come back: no more than the default limit
+            // less the busiest such kind's attempts.
+            let busiest = inflight
+                .per_kind
+                .iter()
+                .filter(|(k, _)| {
+                    self.registry.get(k).is_none() && !self.config.plugins.contains_key(*k)
+                })
+                .map(|(_, n)| *n)
+                .max()
+                .unwrap_or(0);
+            total = total.min(defaults.concurrency.saturating_sub(busiest));
+        }
+        ClaimLimit { total, exclude }
+    }
+
+    async fn claim(&self, limit: &ClaimLimit) -> Result<Vec<ClaimedJob>, StoreError> {
+        let jobs = self
+            .store
+            .claim(ClaimRequest {
+                now: self.clock.now(),
+                limit: limit.total,
+                exclude_kinds: limit.exclude.clone(),
+                lease: self.config.host.lease,
+                worker: self.config.host.worker_id.clone(),
+            })
+            .await?;
+        self.metrics
+            .claimed
+            .fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(jobs)
+    }
+
+    /// Registers a claimed job as in flight; returns its cancel signal.
+    fn track(&self, job: &ClaimedJob) -> watch::Receiver<Option<CancelReason>> {
+        let (tx, rx) = watch::channel(None);
+        let mut inflight = self.lock_inflight();
+        inflight.attempts.insert(
+            job.id,
+            Running {
+                epoch: job.epoch,
+                kind: job.kind.clone(),
+                cancel: tx,
+            },
+        );
+        *inflight.per_kind.entry(job.kind.clone()).or_default() += 1;
+        rx
+    }
+
+    /// Removes a finished attempt and wakes the producer for its slot.
+    fn untrack(&self, fence: Fence) {
+        let mut inflight = self.lock_inflight();
+        if inflight
+            .attempts
+            .get(&fence.id)
+            .is_some_and(|r| r.epoch == fence.epoch)
+        {
+            let running = inflight.attempts.remove(&fence.id).expect("checked above");
+            if let Some(n) = inflight.per_kind.get_mut(&running.kind) {
+                *n -= 1;
+                if *n == 0 {
+                    inflight.per_kind.remove(&running.kind);
+                }
+            }
+        }
+        drop(inflight);
+        self.wake.notify_one();
+    }
+
+    /// Cancels the attempt holding `fence`, if it is still in flight.
+    fn cancel(&self, fence: Fence, reason: CancelReason) {
+        let inflight = self.lock_inflight();
+        if let Some(r) = inflight.attempts.get(&fence.id)
+            && r.epoch == fence.epoch
+        {
+            let _ = r.cancel.send(Some(reason));
+        }
+    }
+
+    fn cancel_all(&self, reason: CancelReason) -> usize {
+        let inflight = self.lock_inflight();
+        for r in inflight.attempts.values() {
+            let _ = r.cancel.send(Some(reason));
+        }
+        inflight.attempts.len()
+    }
+
+    fn fences(&self) -> Vec<Fence> {
+        self.lock_inflight()
+            .attempts
+            .iter()
+            .map(|(id, r)| Fence {
+                id: *id,
+                epoch: r.epoch,
+            })
+            .collect()
+    }
+
+    fn lock_inflight(&self) -> std::sync::MutexGuard<'_, InFlight> {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct ClaimLimit {
+    total: u32,
+    exclude: Vec<String>,
+}
+
+fn report_panic(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = joined
+        && e.is_panic()
+    {
+        tracing::error!("attempt task panicked: {e}");
+    }
+}
+
+/// Sleeps `d` or until `stop` turns true; returns whether to stop.
+async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    let stopped = tokio::select! {
+        () = tokio::time::sleep(d) => None,
+        _ = stop.wait_for(|s| *s) => Some(true),
+    };
+    stopped.unwrap_or_else(|| *stop.borrow())
+}

@@ -1,0 +1,408 @@
+//! The job lifecycle and the records that cross the store boundary.
+//!
+//! These types are shared by the store (which persists them) and the
+//! executor (which acts on them); neither SQL nor wasmtime appears here.
+//! `docs/state-machine.md` draws the same machine as [`JobState`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Serialize, Serializer};
+
+use crate::time::Timestamp;
+
+/// A job's id: assigned by the store at enqueue, never reused.
+pub type JobId = i64;
+
+/// Where a job is in its lifecycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting to run at `run_at` (which may be in the future: a scheduled
+    /// job). Entered at enqueue, by `jobs retry`, and when a host shuts down
+    /// mid-attempt (without burning the attempt). Left when a producer claims
+    /// it, or by `jobs cancel`.
+    Available,
+    /// Claimed by one worker, which holds a lease until `lease_expires_at`
+    /// and the claim `epoch`. Left only through a write-back fenced on that
+    /// epoch (by the worker), by the rescuer once the lease has expired, or
+    /// by `jobs cancel`.
+    Running,
+    /// An attempt failed and attempts remain; claimable again once `run_at`
+    /// (now + backoff) passes. Entered by the worker or the rescuer.
+    Retryable,
+    /// Final: the plugin succeeded and its output is stored.
+    Completed,
+    /// Final (dead letter): a permanent error, or the attempts were used up.
+    /// `jobs retry` makes it available again.
+    Discarded,
+    /// Final: cancelled by an operator. A running attempt is fenced out.
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 6] = [
+        JobState::Available,
+        JobState::Running,
+        JobState::Retryable,
+        JobState::Completed,
+        JobState::Discarded,
+        JobState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Available => "available",
+            JobState::Running => "running",
+            JobState::Retryable => "retryable",
+            JobState::Completed => "completed",
+            JobState::Discarded => "discarded",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// True for states no worker will ever move the job out of.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Completed | JobState::Discarded | JobState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<JobState, String> {
+        JobState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown job state {s:?} (expected one of: {})",
+                    JobState::ALL.map(JobState::as_str).join(", ")
+                )
+            })
+    }
+}
+
+/// How one attempt ended. Stored in the attempts table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// The plugin returned an output.
+    Completed,
+    /// The plugin returned a retryable error, or the host could not run it
+    /// (no plugin for the kind).
+    RetryableError,
+    /// The plugin returned a permanent error.
+    PermanentError,
+    /// The guest trapped (panic, `unreachable`, out-of-bounds access).
+    Trap,
+    /// The fuel budget ran out.
+    OutOfFuel,
+    /// The wall-clock deadline passed.
+    Timeout,
+    /// The guest tried to grow its memory past the limit.
+    MemoryLimit,
+    /// The worker's write-back matched no row: another claim or an operator
+    /// had moved the job on. Never stored (a fenced-out worker writes
+    /// nothing); logged and counted.
+    FencedOut,
+    /// An operator cancelled the job while this attempt ran.
+    Cancelled,
+    /// The host shut down before the attempt finished; the attempt is not
+    /// counted against the job's `max_attempts`.
+    HostShutdown,
+    /// The worker stopped renewing its lease (it crashed or hung) and the
+    /// rescuer took the job back.
+    LeaseExpired,
+}
+
+impl AttemptOutcome {
+    pub const ALL: [AttemptOutcome; 11] = [
+        AttemptOutcome::Completed,
+        AttemptOutcome::RetryableError,
+        AttemptOutcome::PermanentError,
+        AttemptOutcome::Trap,
+        AttemptOutcome::OutOfFuel,
+        AttemptOutcome::Timeout,
+        AttemptOutcome::MemoryLimit,
+        AttemptOutcome::FencedOut,
+        AttemptOutcome::Cancelled,
+        AttemptOutcome::HostShutdown,
+        AttemptOutcome::LeaseExpired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Completed => "completed",
+            AttemptOutcome::RetryableError => "retryable_error",
+            AttemptOutcome::PermanentError => "permanent_error",
+            AttemptOutcome::Trap => "trap",
+            AttemptOutcome::OutOfFuel => "out_of_fuel",
+            AttemptOutcome::Timeout => "timeout",
+            AttemptOutcome::MemoryLimit => "memory_limit",
+            AttemptOutcome::FencedOut => "fenced_out",
+            AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::HostShutdown => "host_shutdown",
+            AttemptOutcome::LeaseExpired => "lease_expired",
+        }
+    }
+}
+
+impl fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AttemptOutcome {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<AttemptOutcome, String> {
+        AttemptOutcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| format!("unknown attempt outcome {s:?}"))
+    }
+}
+
+/// The idempotency key a job presents to plugins and external systems: the
+/// key given at enqueue, else one derived from the job id. It never depends
+/// on the attempt or the epoch, so every retry presents the same key.
+pub fn effective_idempotency_key(id: JobId, given: Option<&str>) -> String {
+    match given {
+        Some(k) => k.to_owned(),
+        None => format!("jobbox-job-{id}"),
+    }
+}
+
+/// A job to enqueue.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    pub kind: String,
+    pub queue: String,
+    /// Canonical JSON text (see [`canonical_json`]).
+    pub payload: String,
+    pub idempotency_key: Option<String>,
+    /// Lower runs first.
+    pub priority: i32,
+    /// When the job becomes claimable; `None` means at enqueue time.
+    pub run_at: Option<Timestamp>,
+    /// `None` takes the kind's configured `max_attempts`.
+    pub max_attempts: Option<u32>,
+}
+
+/// `max_attempts` when neither the job nor the configuration says.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// The queue a job lands on when none is given.
+pub const DEFAULT_QUEUE: &str = "default";
+
+impl NewJob {
+    /// A job with defaults for everything but kind and payload. The payload
+    /// must be valid JSON; it is stored in canonical form.
+    pub fn new(kind: &str, payload: &str) -> Result<NewJob, String> {
+        Ok(NewJob {
+            kind: kind.to_owned(),
+            queue: DEFAULT_QUEUE.to_owned(),
+            payload: canonical_json(payload)?,
+            idempotency_key: None,
+            priority: 0,
+            run_at: None,
+            max_attempts: None,
+        })
+    }
+}
+
+/// Parses `text` as JSON and re-serializes it compactly with sorted object
+/// keys, so that two payloads that mean the same compare equal as text.
+pub fn canonical_json(text: &str) -> Result<String, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("payload is not valid JSON: {e}"))?;
+    Ok(value.to_string())
+}
+
+/// What enqueue did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Enqueued {
+    pub id: JobId,
+    /// False when a job with the same idempotency key already existed and
+    /// was returned instead.
+    pub created: bool,
+}
+
+/// A job as claimed by a worker: everything one attempt needs.
+#[derive(Clone, Debug)]
+pub struct ClaimedJob {
+    pub id: JobId,
+    pub kind: String,
+    pub queue: String,
+    pub payload: String,
+    /// The effective key (see [`effective_idempotency_key`]).
+    pub idempotency_key: String,
+    pub priority: i32,
+    /// This attempt's number, starting at 1.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// The claim epoch: the fencing token of this attempt.
+    pub epoch: u64,
+    /// When the job became claimable; `attempted_at - run_at` is queue wait.
+    pub run_at: Timestamp,
+    pub attempted_at: Timestamp,
+    pub lease_expires_at: Timestamp,
+}
+
+impl ClaimedJob {
+    pub fn fence(&self) -> Fence {
+        Fence {
+            id: self.id,
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// The identity of one claim. Every write-back names it, and matches only
+/// while the job is still running under that epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fence {
+    pub id: JobId,
+    pub epoch: u64,
+}
+
+/// The record of one finished attempt.
+#[derive(Clone, Debug)]
+pub struct AttemptRecord {
+    /// The attempt number this record closes.
+    pub attempt: u32,
+    pub outcome: AttemptOutcome,
+    pub error: Option<String>,
+    pub fuel_used: Option<u64>,
+    pub started_at: Timestamp,
+    pub ended_at: Timestamp,
+}
+
+/// Where a finished attempt moves its job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// running → completed, storing the output.
+    Complete { output: String },
+    /// running → retryable, claimable again at `run_at`.
+    Retry { run_at: Timestamp, error: String },
+    /// running → discarded.
+    Discard { error: String },
+    /// running → available at once, giving the attempt back (host shutdown).
+    Release,
+}
+
+impl Transition {
+    pub fn target_state(&self) -> JobState {
+        match self {
+            Transition::Complete { .. } => JobState::Completed,
+            Transition::Retry { .. } => JobState::Retryable,
+            Transition::Discard { .. } => JobState::Discarded,
+            Transition::Release => JobState::Available,
+        }
+    }
+}
+
+/// A fenced write-back: the attempt row and the state transition, applied
+/// together or not at all.
+#[derive(Clone, Debug)]
+pub struct Finish {
+    pub fence: Fence,
+    pub attempt: AttemptRecord,
+    pub transition: Transition,
+}
+
+/// Whether a fenced write was applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fenced {
+    Applied,
+    /// Zero rows matched: the job was no longer running under this epoch.
+    /// Nothing was written.
+    FencedOut,
+}
+
+/// A running job whose lease has expired, as the rescuer sees it.
+#[derive(Clone, Debug)]
+pub struct ExpiredLease {
+    pub fence: Fence,
+    pub kind: String,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub attempted_at: Timestamp,
+}
+
+/// A job as `jobs show` presents it.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub kind: String,
+    pub queue: String,
+    pub state: JobState,
+    pub priority: i32,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub epoch: u64,
+    pub idempotency_key: String,
+    #[serde(serialize_with = "as_json_value")]
+    pub payload: String,
+    #[serde(serialize_with = "as_opt_json_value")]
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub created_at: Timestamp,
+    pub run_at: Timestamp,
+    pub attempted_at: Option<Timestamp>,
+    pub finalized_at: Option<Timestamp>,
+    pub lease_expires_at: Option<Timestamp>,
+    pub attempts: Vec<AttemptRow>,
+}
+
+/// One row of the attempts table.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttemptRow {
+    pub attempt: u32,
+    pub epoch: u64,
+    pub outcome: AttemptOutcome,
+    pub error: Option<String>,
+    pub started_at: Timestamp,
+    pub ended_at: Timestamp,
+    pub duration_ms: i64,
+    pub fuel_used: Option<u64>,
+}
+
+/// Filters for listing jobs.
+#[derive(Clone, Debug, Default)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub kind: Option<String>,
+    pub limit: Option<u32>,
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+fn as_json_value<S: Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v) => v.serialize(s),
+        Err(_) => s.serialize_str(text),
+    }
+}
+
+fn as_opt_json_value<S: Serializer>(text: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match text {
+        Some(t) => as_json_value(t, s),
+        None => s.serialize_none(),
+    }
+}

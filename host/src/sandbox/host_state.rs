@@ -1,0 +1,99 @@
+//! The per-attempt host state stored in each wasmtime `Store`.
+
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::jobbox::plugin::{log, types};
+use super::limits::MemoryLimiter;
+
+/// Messages longer than this are cut (on a character boundary).
+const MAX_LOG_MESSAGE: usize = 4096;
+/// An attempt may log this many lines; the rest are dropped and counted.
+const MAX_LOG_LINES: u32 = 1000;
+
+/// Everything the host keeps for one attempt. Dropped with the store.
+pub(crate) struct HostState {
+    /// The WASI context: nothing granted (see `Sandbox` docs).
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) log: LogContext,
+}
+
+/// Who is logging, so the host can tag each line.
+#[derive(Debug)]
+pub(crate) struct LogContext {
+    pub(crate) plugin: Arc<str>,
+    pub(crate) job_id: i64,
+    pub(crate) attempt: u32,
+    pub(crate) lines: u32,
+    pub(crate) dropped: u32,
+}
+
+impl HostState {
+    pub(crate) fn new(limiter: MemoryLimiter, log: LogContext) -> HostState {
+        HostState {
+            // Deny by default: no preopened directories, no environment, no
+            // arguments, no network; stdin is empty and stdout/stderr are
+            // discarded. Clocks and randomness are not capabilities.
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limiter,
+            log,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl log::Host for HostState {
+    async fn log(&mut self, level: log::Level, message: String) {
+        let ctx = &mut self.log;
+        if ctx.lines >= MAX_LOG_LINES {
+            ctx.dropped += 1;
+            return;
+        }
+        ctx.lines += 1;
+        let message = truncate(&message, MAX_LOG_MESSAGE);
+        let (plugin, job_id, attempt) = (&*ctx.plugin, ctx.job_id, ctx.attempt);
+        match level {
+            log::Level::Trace => {
+                tracing::trace!(target: "jobbox::plugin", plugin, job_id, attempt, "{message}")
+            }
+            log::Level::Debug => {
+                tracing::debug!(target: "jobbox::plugin", plugin, job_id, attempt, "{message}")
+            }
+            log::Level::Info => {
+                tracing::info!(target: "jobbox::plugin", plugin, job_id, attempt, "{message}")
+            }
+            log::Level::Warn => {
+                tracing::warn!(target: "jobbox::plugin", plugin, job_id, attempt, "{message}")
+            }
+            log::Level::Error => {
+                tracing::error!(target: "jobbox::plugin", plugin, job_id, attempt, "{message}")
+            }
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

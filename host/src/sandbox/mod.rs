@@ -1,0 +1,350 @@
+//! The sandbox: compiles plugin components once and runs each attempt in a
+//! fresh, limited instance.
+//!
+//! The engine is configured once per process: fuel metering and epoch
+//! interruption on, the pooling allocator (optional) sized for the host's
+//! concurrency. A ticker thread advances the epoch every `epoch_tick`; each
+//! attempt's store yields to tokio on every tick and traps once its deadline
+//! has passed. One `Store` per attempt, dropped when the attempt ends for
+//! any reason: nothing a cancelled attempt did can take effect afterwards.
+//!
+//! Nothing here knows about SQL or job states; it takes a
+//! [`ClaimedJob`](crate::job::ClaimedJob) and reports how the run ended.
+
+mod bindings;
+mod host_state;
+mod limits;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+use crate::job::ClaimedJob;
+use bindings::PluginPre;
+use host_state::{HostState, LogContext};
+pub use limits::Limits;
+use limits::MemoryLimiter;
+
+/// Engine-wide settings.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// How often the epoch advances: the granularity of wall-clock deadlines
+    /// and of yields to the async runtime.
+    pub epoch_tick: Duration,
+    /// Use the pooling instance allocator (fast instantiation; reserves
+    /// virtual memory up front for `max_instances`).
+    pub pooling: bool,
+    /// How many instances may exist at once (pooling only).
+    pub max_instances: u32,
+    /// The largest single linear memory any plugin may have (pooling only).
+    pub max_memory: usize,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> SandboxConfig {
+        SandboxConfig {
+            epoch_tick: Duration::from_millis(1),
+            pooling: true,
+            max_instances: 64,
+            max_memory: Limits::default().memory,
+        }
+    }
+}
+
+/// The configured engine, its linker, and the epoch ticker.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<HostState>,
+    ticker: Ticker,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox").finish_non_exhaustive()
+    }
+}
+
+/// A compiled plugin, ready to instantiate.
+pub struct Plugin {
+    name: Arc<str>,
+    pre: PluginPre<HostState>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an attempt did not produce an output.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    #[error("{message}")]
+    Retryable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{0}")]
+    Permanent(String),
+    #[error("trap: {0}")]
+    Trap(String),
+    #[error("fuel budget of {0} exhausted")]
+    OutOfFuel(u64),
+    #[error("deadline of {} exceeded", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("memory limit of {0} bytes exceeded")]
+    MemoryLimit(usize),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// How one run went.
+#[derive(Debug)]
+pub struct RunReport {
+    /// The output (JSON text) or why there is none.
+    pub result: Result<String, RunError>,
+    pub fuel_used: u64,
+    pub elapsed: Duration,
+    /// Log lines the plugin emitted past its quota.
+    pub logs_dropped: u32,
+}
+
+impl Sandbox {
+    pub fn new(config: &SandboxConfig) -> anyhow::Result<Sandbox> {
+        let mut cfg = Config::new();
+        cfg.wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true);
+        if config.pooling {
+            let n = config.max_instances.max(1);
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_component_instances(n)
+                .total_core_instances(n.saturating_mul(8))
+                .total_memories(n.saturating_mul(2))
+                .total_tables(n.saturating_mul(8))
+                .total_stacks(n)
+                .max_memory_size(config.max_memory);
+            cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&cfg).map_err(wasmtime_error)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wasmtime_error)?;
+        bindings::Plugin::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(wasmtime_error)?;
+        let ticker = Ticker::start(engine.clone(), config.epoch_tick);
+        Ok(Sandbox {
+            engine,
+            linker,
+            ticker,
+        })
+    }
+
+    /// Compiles the component at `path` and checks that it implements the
+    /// `jobbox:plugin/plugin` world. The error names what is wrong.
+    pub fn load(&self, name: &str, path: &Path, limits: Limits) -> anyhow::Result<Plugin> {
+        let bytes = std::fs::read(path)?;
+        self.load_bytes(name, &bytes, limits)
+    }
+
+    /// Like [`Sandbox::load`], from the component's bytes.
+    pub fn load_bytes(&self, name: &str, bytes: &[u8], limits: Limits) -> anyhow::Result<Plugin> {
+        if !wasmparser_is_component(bytes) {
+            anyhow::bail!("not a WebAssembly component (a core module or another file)");
+        }
+        let component = Component::new(&self.engine, bytes).map_err(wasmtime_error)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(wasmtime_error)?;
+        let pre = PluginPre::new(instance_pre)
+            .map_err(|e| anyhow::anyhow!("does not implement world jobbox:plugin/plugin: {e:#}"))?;
+        Ok(Plugin {
+            name: name.into(),
+            pre,
+            limits,
+        })
+    }
+
+    /// The epoch tick in force.
+    pub fn epoch_tick(&self) -> Duration {
+        self.ticker.tick
+    }
+}
+
+/// Carries a wasmtime error, with its chain of causes, into `anyhow`.
+fn wasmtime_error(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}")
+}
+
+/// True if `bytes` start with the component-model preamble.
+fn wasmparser_is_component(bytes: &[u8]) -> bool {
+    // "\0asm", then version 0x0d and layer 1 for components (core modules
+    // have version 1, layer 0).
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
+}
+
+impl Plugin {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Runs one attempt of `job` in a fresh instance. Returns when the guest
+    /// returns, traps, exhausts a limit, or `cancel` resolves; in every case
+    /// the instance and its store are gone by then.
+    pub async fn run(&self, job: &ClaimedJob, cancel: impl Future<Output = ()>) -> RunReport {
+        let started = Instant::now();
+        let deadline = started + self.limits.timeout;
+        let deadline_ms = job.attempted_at.plus(self.limits.timeout).0.max(0) as u64;
+
+        let state = HostState::new(
+            MemoryLimiter::new(self.limits.memory),
+            LogContext {
+                plugin: Arc::clone(&self.name),
+                job_id: job.id,
+                attempt: job.attempt,
+                lines: 0,
+                dropped: 0,
+            },
+        );
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store
+            .set_fuel(self.limits.fuel)
+            .expect("fuel is enabled on the engine");
+        // Check the deadline on every epoch tick: yield to tokio while time
+        // remains (so timers and other tasks run even during a tight guest
+        // loop), trap once it has passed.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Ok(wasmtime::UpdateDeadline::Interrupt)
+            } else {
+                Ok(wasmtime::UpdateDeadline::Yield(1))
+            }
+        });
+
+        let input = bindings::jobbox::plugin::types::Job {
+            id: job.id as u64,
+            kind: job.kind.clone(),
+            queue: job.queue.clone(),
+            payload: job.payload.clone(),
+            idempotency_key: job.idempotency_key.clone(),
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            fencing_token: job.epoch,
+            deadline_ms,
+        };
+
+        let outcome = {
+            let call = async {
+                let instance = self.pre.instantiate_async(&mut store).await?;
+                instance.call_run(&mut store, &input).await
+            };
+            tokio::select! {
+                r = call => Some(r),
+                // A guest parked in a host call never reaches an epoch
+                // check; this timer covers it. Dropping `call` drops the
+                // in-flight host call with it.
+                () = tokio::time::sleep_until(deadline.into()) => None,
+                () = cancel => {
+                    return self.report(store, started, Err(RunError::Cancelled));
+                }
+            }
+        };
+
+        let result = match outcome {
+            None => Err(RunError::Timeout(self.limits.timeout)),
+            Some(Ok(Ok(output))) => Ok(output.payload),
+            Some(Ok(Err(e))) => Err(guest_error(e)),
+            Some(Err(e)) => Err(self.classify(&store, e)),
+        };
+        self.report(store, started, result)
+    }
+
+    fn classify(&self, store: &Store<HostState>, e: wasmtime::Error) -> RunError {
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => RunError::OutOfFuel(self.limits.fuel),
+            Some(Trap::Interrupt) => RunError::Timeout(self.limits.timeout),
+            _ if store.data().limiter.hit => RunError::MemoryLimit(self.limits.memory),
+            _ => RunError::Trap(format!("{e:#}")),
+        }
+    }
+
+    fn report(
+        &self,
+        store: Store<HostState>,
+        started: Instant,
+        result: Result<String, RunError>,
+    ) -> RunReport {
+        let fuel_left = store.get_fuel().unwrap_or(0);
+        let logs_dropped = store.data().log.dropped;
+        drop(store);
+        RunReport {
+            result,
+            fuel_used: self.limits.fuel.saturating_sub(fuel_left),
+            elapsed: started.elapsed(),
+            logs_dropped,
+        }
+    }
+}
+
+fn guest_error(e: bindings::jobbox::plugin::types::JobError) -> RunError {
+    use bindings::jobbox::plugin::types::JobError;
+    match e {
+        JobError::Retryable(r) => RunError::Retryable {
+            message: r.message,
+            retry_after: r.retry_after_ms.map(Duration::from_millis),
+        },
+        JobError::Permanent(message) => RunError::Permanent(message),
+    }
+}
+
+/// Advances the engine's epoch every `tick` on a thread of its own until
+/// dropped.
+struct Ticker {
+    tick: Duration,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(engine: Engine, tick: Duration) -> Ticker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("jobbox-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        Ticker {
+            tick,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

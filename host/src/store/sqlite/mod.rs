@@ -1,0 +1,325 @@
+//! The embedded default store: one SQLite file in WAL mode.
+//!
+//! All writes go through a single writer thread that owns the write
+//! connection. It takes whatever commands have queued up, applies them in
+//! one transaction (each inside its own savepoint, so one command's error
+//! undoes only that command), commits, and only then answers each caller.
+//! That is group commit: under load, many fenced write-backs share one
+//! fsync, and no outcome is acknowledged before it is durable. Reads use a
+//! second connection, so operators' queries never queue behind writes.
+
+mod read;
+mod schema;
+mod sql;
+mod write;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+
+use super::{ClaimRequest, StateCounts, Store, StoreError, StoreFuture};
+use crate::job::{
+    ClaimedJob, Enqueued, ExpiredLease, Fence, Fenced, Finish, JobFilter, JobId, JobRecord,
+    JobState, NewJob, Transition,
+};
+use crate::time::Timestamp;
+
+pub use schema::SCHEMA_VERSION;
+
+/// How hard SQLite works to make each commit durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync the WAL on every commit: a committed outcome survives power
+    /// loss. The default.
+    #[default]
+    Full,
+    /// fsync only at checkpoints: a commit survives a crash of jobbox but
+    /// the last commits may be lost on power loss.
+    Normal,
+}
+
+impl std::str::FromStr for Synchronous {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Synchronous, String> {
+        match s {
+            "full" => Ok(Synchronous::Full),
+            "normal" => Ok(Synchronous::Normal),
+            _ => Err(format!("expected \"full\" or \"normal\", got {s:?}")),
+        }
+    }
+}
+
+/// Settings for [`SqliteStore::open`].
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+    /// How long a statement waits for another process's write lock.
+    pub busy_timeout: Duration,
+}
+
+impl SqliteOptions {
+    pub fn new(path: impl Into<PathBuf>) -> SqliteOptions {
+        SqliteOptions {
+            path: path.into(),
+            synchronous: Synchronous::Full,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The most commands one write transaction takes.
+const MAX_GROUP: usize = 512;
+
+/// A SQLite-backed [`Store`].
+#[derive(Debug)]
+pub struct SqliteStore {
+    /// Commands for the writer thread. `std::sync::mpsc` because the
+    /// receiving side is a plain thread that blocks on it.
+    writer: mpsc::Sender<Command>,
+    /// The read connection. A std mutex is enough: it is only locked inside
+    /// `spawn_blocking`, for the length of one query.
+    reader: Arc<Mutex<Connection>>,
+    /// Joined by `close`, so that the write connection is closed (and the
+    /// WAL checkpointed) before `close` returns.
+    thread: Mutex<Option<JoinHandle<()>>>,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `opts.path` and applies
+    /// any pending migrations.
+    pub fn open(opts: &SqliteOptions) -> Result<SqliteStore, StoreError> {
+        let mut conn = connect(opts)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        schema::migrate(&mut conn)?;
+        let reader = connect(opts)?;
+
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("jobbox-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Backend(format!("spawning writer thread: {e}")))?;
+        Ok(SqliteStore {
+            writer: tx,
+            reader: Arc::new(Mutex::new(reader)),
+            thread: Mutex::new(Some(thread)),
+            path: opts.path.clone(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues `f` for the writer; resolves once its transaction committed.
+    fn write<T, F>(&self, f: F) -> StoreFuture<'_, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let op: WriteOp = Box::new(move |conn| {
+            let result = match conn {
+                Ok(conn) => f(conn),
+                Err(e) => Err(e.clone()),
+            };
+            let failed = result.is_err();
+            let reply: Reply = Box::new(move |commit| {
+                let _ = tx.send(match commit {
+                    Some(e) => Err(e.clone()),
+                    None => result,
+                });
+            });
+            (failed, reply)
+        });
+        let sent = self.writer.send(Command::Write(op));
+        Box::pin(async move {
+            sent.map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    /// Runs `f` on the read connection off the async runtime.
+    fn read<T, F>(&self, f: F) -> StoreFuture<'_, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let reader = Arc::clone(&self.reader);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+                f(&conn)
+            })
+            .await
+            .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+        })
+    }
+}
+
+impl Store for SqliteStore {
+    fn enqueue(&self, jobs: Vec<NewJob>, now: Timestamp) -> StoreFuture<'_, Vec<Enqueued>> {
+        self.write(move |c| write::enqueue(c, &jobs, now))
+    }
+
+    fn claim(&self, req: ClaimRequest) -> StoreFuture<'_, Vec<ClaimedJob>> {
+        self.write(move |c| write::claim(c, &req))
+    }
+
+    fn finish(&self, f: Finish) -> StoreFuture<'_, Fenced> {
+        self.write(move |c| write::finish(c, f.fence, &f.attempt, &f.transition, i64::MAX))
+    }
+
+    fn extend_leases(&self, fences: Vec<Fence>, until: Timestamp) -> StoreFuture<'_, Vec<Fenced>> {
+        self.write(move |c| write::extend_leases(c, &fences, until))
+    }
+
+    fn expired_leases(&self, now: Timestamp, limit: u32) -> StoreFuture<'_, Vec<ExpiredLease>> {
+        self.read(move |c| write::expired_leases(c, now, limit))
+    }
+
+    fn rescue(
+        &self,
+        lease: ExpiredLease,
+        transition: Transition,
+        now: Timestamp,
+    ) -> StoreFuture<'_, Fenced> {
+        self.write(move |c| write::rescue(c, &lease, &transition, now))
+    }
+
+    fn retry_job(&self, id: JobId, now: Timestamp) -> StoreFuture<'_, JobState> {
+        self.write(move |c| write::retry_job(c, id, now))
+    }
+
+    fn cancel_job(&self, id: JobId, now: Timestamp) -> StoreFuture<'_, JobState> {
+        self.write(move |c| write::cancel_job(c, id, now))
+    }
+
+    fn job(&self, id: JobId) -> StoreFuture<'_, Option<JobRecord>> {
+        self.read(move |c| read::job(c, id))
+    }
+
+    fn list_jobs(&self, filter: JobFilter) -> StoreFuture<'_, Vec<JobRecord>> {
+        self.read(move |c| read::list_jobs(c, &filter))
+    }
+
+    fn counts(&self) -> StoreFuture<'_, StateCounts> {
+        self.read(read::counts)
+    }
+
+    fn close(&self) -> StoreFuture<'_, ()> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.writer.send(Command::Close(tx));
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        Box::pin(async move {
+            if sent.is_ok() {
+                let _ = rx.await;
+            }
+            if let Some(t) = thread {
+                tokio::task::spawn_blocking(move || t.join())
+                    .await
+                    .map_err(|e| StoreError::Backend(e.to_string()))?
+                    .map_err(|_| StoreError::Backend("writer thread panicked".into()))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Answers one command once its transaction's fate is known: `Some(error)`
+/// if the commit failed.
+type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
+/// One command: runs inside the open transaction and says whether it
+/// failed (its savepoint is then rolled back) and how to answer. Given an
+/// error instead of a connection, it does not run and answers that error.
+type WriteOp = Box<dyn FnOnce(Result<&Connection, &StoreError>) -> (bool, Reply) + Send>;
+
+enum Command {
+    Write(WriteOp),
+    /// Finish what is queued, then stop.
+    Close(oneshot::Sender<()>),
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Command>) {
+    let mut batch = Vec::with_capacity(MAX_GROUP);
+    let mut closing = None;
+    while closing.is_none() {
+        let Ok(first) = rx.recv() else { break };
+        let mut next = Some(first);
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Command::Write(op) => batch.push(op),
+                Command::Close(done) => {
+                    closing = Some(done);
+                    break;
+                }
+            }
+            if batch.len() < MAX_GROUP {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            run_group(&conn, &mut batch);
+        }
+    }
+    drop(conn);
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+}
+
+/// Applies `batch` in one transaction and answers every command.
+fn run_group(conn: &Connection, batch: &mut Vec<WriteOp>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let err = StoreError::from(e);
+        for op in batch.drain(..) {
+            let (_, reply) = op(Err(&err));
+            reply(None);
+        }
+        return;
+    }
+    let mut replies = Vec::with_capacity(batch.len());
+    for op in batch.drain(..) {
+        let savepoint = conn.execute_batch("SAVEPOINT cmd");
+        let (failed, reply) = op(Ok(conn));
+        if savepoint.is_ok() {
+            if failed {
+                let _ = conn.execute_batch("ROLLBACK TO cmd");
+            }
+            let _ = conn.execute_batch("RELEASE cmd");
+        }
+        replies.push(reply);
+    }
+    let commit = conn.execute_batch("COMMIT").err().map(StoreError::from);
+    if commit.is_some() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for reply in replies {
+        reply(commit.as_ref());
+    }
+}
+
+fn connect(opts: &SqliteOptions) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(&opts.path, flags)
+        .map_err(|e| StoreError::Backend(format!("opening {}: {e}", opts.path.display())))?;
+    conn.busy_timeout(opts.busy_timeout)?;
+    let sync = match opts.synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}

@@ -1,0 +1,110 @@
+//! The read side: queries for operators, on a connection of their own so
+//! they never wait behind the writer (WAL lets readers run alongside it).
+
+use rusqlite::{Connection, OptionalExtension, Row, params_from_iter, types::Value};
+
+use super::sql;
+use crate::job::{AttemptRow, JobFilter, JobId, JobRecord, effective_idempotency_key};
+use crate::store::{StateCounts, StoreError};
+use crate::time::Timestamp;
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+pub(super) fn job(conn: &Connection, id: JobId) -> Result<Option<JobRecord>> {
+    let q = format!("SELECT {} FROM jobs WHERE id = ?1", sql::JOB_COLUMNS);
+    let Some(mut job) = conn
+        .prepare_cached(&q)?
+        .query_row([id], job_record)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(sql::SELECT_ATTEMPTS)?;
+    let rows = stmt.query_map([id], |r| {
+        let outcome: String = r.get(2)?;
+        Ok(AttemptRow {
+            attempt: r.get(0)?,
+            epoch: r.get(1)?,
+            outcome: outcome.parse().map_err(|e: String| {
+                rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+            })?,
+            error: r.get(3)?,
+            started_at: Timestamp(r.get(4)?),
+            ended_at: Timestamp(r.get(5)?),
+            duration_ms: r.get(6)?,
+            fuel_used: r.get(7)?,
+        })
+    })?;
+    job.attempts = rows.collect::<rusqlite::Result<_>>()?;
+    Ok(Some(job))
+}
+
+pub(super) fn list_jobs(conn: &Connection, filter: &JobFilter) -> Result<Vec<JobRecord>> {
+    let mut q = format!("SELECT {} FROM jobs WHERE 1 = 1", sql::JOB_COLUMNS);
+    let mut args: Vec<Value> = Vec::new();
+    if let Some(state) = filter.state {
+        q.push_str(" AND state = ?");
+        args.push(Value::Text(state.as_str().to_owned()));
+    }
+    if let Some(kind) = &filter.kind {
+        q.push_str(" AND kind = ?");
+        args.push(Value::Text(kind.clone()));
+    }
+    q.push_str(" ORDER BY id DESC LIMIT ?");
+    args.push(Value::Integer(i64::from(filter.limit.unwrap_or(1000))));
+    let mut stmt = conn.prepare_cached(&q)?;
+    let rows = stmt.query_map(params_from_iter(args), job_record)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub(super) fn counts(conn: &Connection) -> Result<StateCounts> {
+    let mut counts = StateCounts::default();
+    let mut stmt = conn.prepare_cached(sql::COUNT_BY_STATE)?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let state: String = r.get(0)?;
+        let n: u64 = r.get(1)?;
+        match state.as_str() {
+            "available" => counts.available = n,
+            "running" => counts.running = n,
+            "retryable" => counts.retryable = n,
+            "completed" => counts.completed = n,
+            "discarded" => counts.discarded = n,
+            "cancelled" => counts.cancelled = n,
+            other => return Err(StoreError::Backend(format!("unknown state {other:?}"))),
+        }
+    }
+    Ok(counts)
+}
+
+/// Maps a row of [`sql::JOB_COLUMNS`].
+fn job_record(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
+    let id: JobId = r.get(0)?;
+    let state: String = r.get(3)?;
+    let key: Option<String> = r.get(8)?;
+    let ts = |i: usize| -> rusqlite::Result<Option<Timestamp>> {
+        Ok(r.get::<_, Option<i64>>(i)?.map(Timestamp))
+    };
+    Ok(JobRecord {
+        id,
+        kind: r.get(1)?,
+        queue: r.get(2)?,
+        state: state.parse().map_err(|e: String| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
+        })?,
+        priority: r.get(4)?,
+        attempt: r.get(5)?,
+        max_attempts: r.get(6)?,
+        epoch: r.get(7)?,
+        idempotency_key: effective_idempotency_key(id, key.as_deref()),
+        payload: r.get(9)?,
+        output: r.get(10)?,
+        error: r.get(11)?,
+        created_at: Timestamp(r.get(12)?),
+        run_at: Timestamp(r.get(13)?),
+        attempted_at: ts(14)?,
+        finalized_at: ts(15)?,
+        lease_expires_at: ts(16)?,
+        attempts: Vec::new(),
+    })
+}

@@ -15,7 +15,9 @@
 //! - [`time`]: milliseconds since the epoch and the injectable clock.
 //! - [`metrics`]: counters the host keeps about itself.
 //! - [`cli`]: the `jobbox` command line; `main.rs` only calls into it.
+//! - [`bench`]: `jobbox bench`, the end-to-end benchmark and its floors.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod executor;

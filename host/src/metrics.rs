@@ -2,9 +2,11 @@
 //! ended, how often it was fenced out. Cheap to update (relaxed atomics)
 //! and read as a [`MetricsSnapshot`].
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use crate::job::AttemptOutcome;
+use crate::job::{AttemptOutcome, JobId};
 use crate::time::Timestamp;
 
 #[derive(Debug, Default)]
@@ -21,12 +23,46 @@ pub struct Metrics {
     outcomes: [AtomicU64; AttemptOutcome::ALL.len()],
     /// When an attempt last wrote its outcome (ms since epoch; 0 = never).
     last_progress: AtomicI64,
+    /// Per-attempt timings, kept only when a benchmark asks for them.
+    samples: Mutex<Option<Vec<AttemptSample>>>,
+}
+
+/// Timings of one attempt whose outcome was written.
+#[derive(Clone, Copy, Debug)]
+pub struct AttemptSample {
+    pub job_id: JobId,
+    /// When the attempt task started (just after the claim).
+    pub started: Instant,
+    /// From the job's `run_at` to its claim (millisecond resolution).
+    pub queue_wait: Duration,
+    /// Instantiate and run in the sandbox.
+    pub run: Duration,
+    /// When the outcome was durable.
+    pub durable: Instant,
 }
 
 impl Metrics {
     pub fn record_outcome(&self, outcome: AttemptOutcome, now: Timestamp) {
         self.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
         self.last_progress.fetch_max(now.0, Ordering::Relaxed);
+    }
+
+    /// Starts keeping an [`AttemptSample`] per attempt.
+    pub fn keep_samples(&self) {
+        *self.samples.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
+    }
+
+    /// Takes the samples kept so far.
+    pub fn take_samples(&self) -> Vec<AttemptSample> {
+        let mut guard = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    pub fn record_sample(&self, sample: impl FnOnce() -> AttemptSample) {
+        let mut guard = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(samples) = guard.as_mut() {
+            samples.push(sample());
+        }
     }
 
     pub fn inc(counter: &AtomicU64) {

@@ -1,1 +1,251 @@
-pub async fn main() {}
+//! The `jobbox` command line. `main.rs` parses nothing itself: it calls
+//! [`main`], which returns an error to print as one line.
+
+mod jobs;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, parse_duration};
+use crate::executor::Host;
+use crate::job::{NewJob, canonical_json};
+use crate::plugins::{PluginRegistry, validate_kind};
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+use crate::time::{Clock, SystemClock, Timestamp};
+
+/// A durable job executor that runs each job's side effect in a sandboxed
+/// WebAssembly component.
+#[derive(Debug, Parser)]
+#[command(name = "jobbox", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The TOML config file (default: built-in defaults, ./jobbox.db and
+    /// ./plugins).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The SQLite database (overrides the config's store.path).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the host: claim jobs and run them until SIGINT/SIGTERM.
+    Run,
+    /// Enqueue a job and print its id.
+    Enqueue(EnqueueArgs),
+    /// Inspect and manage jobs.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
+    /// Inspect plugins.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+    /// Measure throughput and latency on a fresh temporary database.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// The job kind (the plugin `<kind>.wasm` runs it).
+    pub kind: String,
+    /// The job's input, as JSON.
+    #[arg(long)]
+    pub payload: String,
+    /// A key stable across retries; enqueueing the same key again returns
+    /// the existing job.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    #[arg(long, default_value = crate::job::DEFAULT_QUEUE)]
+    pub queue: String,
+    /// Lower runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// Run no earlier than this long from now (e.g. 30s, 5m).
+    #[arg(long, conflicts_with = "run_at")]
+    pub delay: Option<String>,
+    /// Run no earlier than this time (RFC 3339).
+    #[arg(long)]
+    pub run_at: Option<String>,
+    /// Attempts before the job is discarded (default: the kind's config).
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Print `{"id": ..., "created": ...}`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// Load every plugin and list them with their limits, and the rejected
+    /// files with the reason.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs the command line.
+pub async fn main(cli: Cli) -> anyhow::Result<()> {
+    let config = load_config(&cli.global)?;
+    match cli.command {
+        Command::Run => run(config).await,
+        Command::Enqueue(args) => enqueue(&config, args).await,
+        Command::Jobs(cmd) => jobs::main(&config, cmd).await,
+        Command::Plugins(PluginsCommand::List { json }) => plugins_list(&config, json),
+        Command::Bench(args) => crate::bench::main(&config, args).await,
+    }
+}
+
+/// The config file if given (else the defaults), with `--db` applied.
+pub fn load_config(global: &GlobalArgs) -> anyhow::Result<Config> {
+    let mut config = match &global.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default_in(std::path::Path::new(".")),
+    };
+    if let Some(db) = &global.db {
+        config.store.path = db.clone();
+    }
+    Ok(config)
+}
+
+/// Opens the configured store.
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<SqliteStore>> {
+    let store = SqliteStore::open(&config.store)
+        .with_context(|| format!("opening database {}", config.store.path.display()))?;
+    Ok(Arc::new(store))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let store = open_store(&config)?;
+    let host = Arc::new(Host::new(
+        config,
+        Arc::clone(&store) as Arc<dyn Store>,
+        Arc::new(SystemClock),
+    )?);
+    let result = host.run(shutdown_signal()).await;
+    store.close().await.context("closing the database")?;
+    result
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+async fn enqueue(config: &Config, args: EnqueueArgs) -> anyhow::Result<()> {
+    validate_kind(&args.kind).map_err(anyhow::Error::msg)?;
+    let payload = canonical_json(&args.payload).map_err(anyhow::Error::msg)?;
+    if args.idempotency_key.as_deref() == Some("") {
+        bail!("--idempotency-key must not be empty");
+    }
+    if args.max_attempts == Some(0) {
+        bail!("--max-attempts must be at least 1");
+    }
+    let now = SystemClock.now();
+    let run_at = match (&args.delay, &args.run_at) {
+        (Some(d), _) => Some(now.plus(parse_duration(d).map_err(|e| anyhow::anyhow!("--delay: {e}"))?)),
+        (_, Some(t)) => Some(Timestamp::parse_rfc3339(t).map_err(|e| anyhow::anyhow!("--run-at: {e}"))?),
+        _ => None,
+    };
+    let plugin_file = config.host.plugins_dir.join(format!("{}.wasm", args.kind));
+    if !plugin_file.is_file() {
+        eprintln!(
+            "warning: no plugin file {} for kind {:?}; the job will fail until one is added",
+            plugin_file.display(),
+            args.kind
+        );
+    }
+    let job = NewJob {
+        kind: args.kind.clone(),
+        queue: args.queue,
+        payload,
+        idempotency_key: args.idempotency_key,
+        priority: args.priority,
+        run_at,
+        max_attempts: Some(
+            args.max_attempts
+                .unwrap_or(config.plugin(&args.kind).retry.max_attempts),
+        ),
+    };
+    let store = open_store(config)?;
+    let result = store.enqueue(vec![job], now).await;
+    store.close().await?;
+    let enqueued = result?.pop().context("the store returned no id")?;
+    if args.json {
+        println!("{}", serde_json::to_string(&enqueued)?);
+    } else if enqueued.created {
+        println!("{}", enqueued.id);
+    } else {
+        eprintln!("note: idempotency key already used: returning existing job {}", enqueued.id);
+        println!("{}", enqueued.id);
+    }
+    Ok(())
+}
+
+fn plugins_list(config: &Config, json: bool) -> anyhow::Result<()> {
+    let sandbox = Sandbox::new(&SandboxConfig {
+        epoch_tick: Duration::from_millis(10),
+        pooling: false,
+        max_instances: 1,
+        max_memory: config.max_memory(),
+    })?;
+    let registry = PluginRegistry::load(&sandbox, config);
+    if json {
+        let plugins: Vec<_> = registry
+            .loaded()
+            .map(|(kind, p)| {
+                serde_json::json!({
+                    "kind": kind,
+                    "path": p.path,
+                    "settings": p.settings,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "plugins_dir": config.host.plugins_dir,
+            "plugins": plugins,
+            "rejected": registry.rejected(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("plugins directory: {}", config.host.plugins_dir.display());
+    for (kind, p) in registry.loaded() {
+        let s = &p.settings;
+        println!(
+            "  {kind:<16} fuel={} timeout={} memory={} concurrency={} max_attempts={} backoff={}..{}",
+            s.limits.fuel,
+            humantime::format_duration(s.limits.timeout),
+            s.limits.memory,
+            s.concurrency,
+            s.retry.max_attempts,
+            humantime::format_duration(s.retry.base),
+            humantime::format_duration(s.retry.max),
+        );
+    }
+    for r in registry.rejected() {
+        println!("  rejected: {}", r.reason);
+    }
+    if registry.loaded().next().is_none() && registry.rejected().is_empty() {
+        println!("  (no plugins)");
+    }
+    Ok(())
+}

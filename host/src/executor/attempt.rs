@@ -1,13 +1,13 @@
 //! One attempt: run the job in the sandbox, decide, write back fenced.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use super::{CancelReason, Host};
 use crate::job::{AttemptOutcome, AttemptRecord, ClaimedJob, Fenced, Finish, Transition};
-use crate::metrics::Metrics;
+use crate::metrics::{AttemptSample, Metrics};
 use crate::sandbox::{RunError, RunReport};
 use crate::store::StoreError;
 
@@ -34,6 +34,7 @@ impl Host {
             host: &self,
             fence: job.fence(),
         };
+        let started = Instant::now();
         let queue_wait = job.attempted_at.since(job.run_at);
         tracing::debug!(
             job_id = job.id, kind = %job.kind, attempt = job.attempt, epoch = job.epoch,
@@ -120,6 +121,13 @@ impl Host {
         match self.write_back(finish).await {
             Ok(Fenced::Applied) => {
                 self.metrics.record_outcome(outcome, now);
+                self.metrics.record_sample(|| AttemptSample {
+                    job_id: job.id,
+                    started,
+                    queue_wait,
+                    run: report.elapsed,
+                    durable: Instant::now(),
+                });
                 tracing::info!(
                     job_id = job.id, kind = %job.kind, attempt = job.attempt, epoch = job.epoch,
                     outcome = %outcome, next = %next,

@@ -1,0 +1,450 @@
+//! `jobbox bench`: throughput and latency of the full path on a fresh
+//! temporary database, next to the two floors this machine allows.
+//!
+//! - **end to end**: N jobs are batch-inserted, then a [`Host`] drains them:
+//!   claim → instantiate → run the real plugin → fenced completion,
+//!   committed durably.
+//! - **store floor**: the same N jobs claimed and completed through the same
+//!   store with the same concurrency, no Wasm.
+//! - **sandbox floor**: the same plugin instantiated and called N times at
+//!   the same concurrency, no store.
+//! - `--latency`: jobs enqueued one at a time into an idle host; reports
+//!   enqueue → start.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Serialize;
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::executor::Host;
+use crate::job::{
+    AttemptOutcome, AttemptRecord, ClaimedJob, Finish, NewJob, Transition,
+};
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::store::sqlite::{SqliteStore, Synchronous};
+use crate::store::{ClaimRequest, Store};
+use crate::time::{Clock, SystemClock, Timestamp};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Jobs to run.
+    #[arg(short = 'n', long = "jobs", default_value_t = 100_000)]
+    pub n: usize,
+    /// The plugin kind to run (from the configured plugins directory).
+    #[arg(long, default_value = "echo")]
+    pub plugin: String,
+    /// Jobs in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: u32,
+    /// SQLite synchronous mode.
+    #[arg(long, default_value = "full")]
+    pub sync: Synchronous,
+    /// Measure enqueue → start latency on an idle host instead.
+    #[arg(long)]
+    pub latency: bool,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Percentiles of a distribution, in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    fn of(mut values: Vec<Duration>) -> Percentiles {
+        values.sort_unstable();
+        let at = |q: f64| -> f64 {
+            if values.is_empty() {
+                return 0.0;
+            }
+            let i = ((values.len() as f64 - 1.0) * q).round() as usize;
+            values[i].as_secs_f64() * 1000.0
+        };
+        Percentiles {
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ThroughputReport {
+    n: usize,
+    plugin: String,
+    concurrency: u32,
+    sync: Synchronous,
+    cores: usize,
+    enqueue_per_sec: f64,
+    jobs_per_sec: f64,
+    store_floor_jobs_per_sec: f64,
+    sandbox_floor_jobs_per_sec: f64,
+    ratio_to_lower_floor: f64,
+    queue_wait_ms: Percentiles,
+    run_ms: Percentiles,
+    /// From the attempt's start to its outcome being durable.
+    attempt_ms: Percentiles,
+}
+
+#[derive(Debug, Serialize)]
+struct LatencyReport {
+    n: usize,
+    plugin: String,
+    sync: Synchronous,
+    enqueue_to_start_ms: Percentiles,
+    enqueue_to_durable_ms: Percentiles,
+}
+
+pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
+    if args.n == 0 {
+        bail!("-n must be at least 1");
+    }
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    let plugin_path = config.host.plugins_dir.join(format!("{}.wasm", args.plugin));
+    if !plugin_path.is_file() {
+        bail!(
+            "no plugin {} to benchmark (build the plugins first, or pass --config with a plugins_dir)",
+            plugin_path.display()
+        );
+    }
+    let tmp = tempfile::tempdir().context("creating a temporary directory")?;
+    let mut config = config.clone();
+    config.host.concurrency = args.concurrency;
+    config.store.synchronous = args.sync;
+    config.defaults.concurrency = args.concurrency;
+    for p in config.plugins.values_mut() {
+        p.concurrency = p.concurrency.min(args.concurrency);
+    }
+    let payload = r#"{"hello":"world"}"#;
+
+    if args.latency {
+        config.store.path = tmp.path().join("latency.db");
+        let report = latency(&config, &args, payload).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            let p = &report.enqueue_to_start_ms;
+            println!(
+                "latency ({} jobs, {}, sync={:?}): enqueue → start p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                report.n, report.plugin, report.sync, p.p50, p.p90, p.p99, p.max
+            );
+            let d = &report.enqueue_to_durable_ms;
+            println!(
+                "                enqueue → durable completion p50 {:.2} ms, p99 {:.2} ms",
+                d.p50, d.p99
+            );
+        }
+        return Ok(());
+    }
+
+    // End to end.
+    config.store.path = tmp.path().join("e2e.db");
+    let store = Arc::new(SqliteStore::open(&config.store)?);
+    let enqueue_secs = fill(store.as_ref(), &args, payload).await?;
+    let host = Arc::new(Host::new(
+        config.clone(),
+        Arc::clone(&store) as Arc<dyn Store>,
+        Arc::new(SystemClock),
+    )?);
+    if host.plugins().get(&args.plugin).is_none() {
+        bail!("plugin {} did not load: {:?}", args.plugin, host.plugins().rejected());
+    }
+    host.metrics().keep_samples();
+    let started = Instant::now();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let runner = {
+        let host = Arc::clone(&host);
+        tokio::spawn(async move {
+            host.run(async {
+                let _ = stopped.await;
+            })
+            .await
+        })
+    };
+    let mut finished = 0;
+    while finished < args.n as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let m = host.metrics();
+        finished = AttemptOutcome::ALL.iter().map(|o| m.outcome(*o)).sum();
+        if runner.is_finished() {
+            bail!("the host stopped early");
+        }
+    }
+    let e2e = started.elapsed();
+    let _ = stop.send(());
+    runner.await??;
+    let completed = host.metrics().outcome(AttemptOutcome::Completed);
+    if completed != args.n as u64 {
+        bail!(
+            "only {completed} of {} jobs completed: {:?}",
+            args.n,
+            host.metrics().snapshot().outcomes
+        );
+    }
+    let samples = host.metrics().take_samples();
+    drop(host);
+    store.close().await?;
+
+    let store_floor = store_floor(&config, &args, payload, tmp.path()).await?;
+    let sandbox_floor = sandbox_floor(&config, &args, payload).await?;
+
+    let jobs_per_sec = args.n as f64 / e2e.as_secs_f64();
+    let report = ThroughputReport {
+        n: args.n,
+        plugin: args.plugin.clone(),
+        concurrency: args.concurrency,
+        sync: args.sync,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        enqueue_per_sec: args.n as f64 / enqueue_secs,
+        jobs_per_sec,
+        store_floor_jobs_per_sec: store_floor,
+        sandbox_floor_jobs_per_sec: sandbox_floor,
+        ratio_to_lower_floor: jobs_per_sec / store_floor.min(sandbox_floor),
+        queue_wait_ms: Percentiles::of(samples.iter().map(|s| s.queue_wait).collect()),
+        run_ms: Percentiles::of(samples.iter().map(|s| s.run).collect()),
+        attempt_ms: Percentiles::of(samples.iter().map(|s| s.durable - s.started).collect()),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_throughput(&report);
+    }
+    Ok(())
+}
+
+fn print_throughput(r: &ThroughputReport) {
+    println!(
+        "jobbox bench: {} jobs of {}, concurrency {}, synchronous={:?}, {} cores",
+        r.n, r.plugin, r.concurrency, r.sync, r.cores
+    );
+    println!("  enqueue (batched):     {:>10.0} jobs/s", r.enqueue_per_sec);
+    println!("  end to end:            {:>10.0} jobs/s", r.jobs_per_sec);
+    println!("  store floor (no wasm): {:>10.0} jobs/s", r.store_floor_jobs_per_sec);
+    println!("  sandbox floor (no db): {:>10.0} jobs/s", r.sandbox_floor_jobs_per_sec);
+    println!("  ratio to lower floor:  {:>10.2}", r.ratio_to_lower_floor);
+    for (name, p) in [
+        ("queue wait", &r.queue_wait_ms),
+        ("run", &r.run_ms),
+        ("attempt", &r.attempt_ms),
+    ] {
+        println!(
+            "  {name:<11} ms: p50 {:>8.2}  p90 {:>8.2}  p99 {:>8.2}  max {:>8.2}",
+            p.p50, p.p90, p.p99, p.max
+        );
+    }
+}
+
+/// Inserts `args.n` jobs in batches; returns the seconds it took.
+async fn fill(store: &dyn Store, args: &BenchArgs, payload: &str) -> anyhow::Result<f64> {
+    const BATCH: usize = 1000;
+    let template = NewJob::new(&args.plugin, payload).map_err(anyhow::Error::msg)?;
+    let started = Instant::now();
+    let mut left = args.n;
+    while left > 0 {
+        let k = left.min(BATCH);
+        let batch = vec![template.clone(); k];
+        store.enqueue(batch, SystemClock.now()).await?;
+        left -= k;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Claim + complete through the store alone, with the host's concurrency.
+async fn store_floor(
+    config: &Config,
+    args: &BenchArgs,
+    payload: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<f64> {
+    let mut opts = config.store.clone();
+    opts.path = dir.join("store-floor.db");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&opts)?);
+    fill(store.as_ref(), args, payload).await?;
+    let slots = Arc::new(Semaphore::new(args.concurrency as usize));
+    let started = Instant::now();
+    let mut done = 0usize;
+    let mut tasks = JoinSet::new();
+    while done < args.n {
+        let free = slots.available_permits() as u32;
+        if free == 0 {
+            drop(slots.acquire().await?);
+            continue;
+        }
+        let now = SystemClock.now();
+        let jobs = store
+            .claim(ClaimRequest {
+                now,
+                limit: free,
+                exclude_kinds: Vec::new(),
+                lease: config.host.lease,
+                worker: "bench".into(),
+            })
+            .await?;
+        if jobs.is_empty() {
+            match tasks.join_next().await {
+                Some(r) => r??,
+                None => bail!("store floor: ran out of jobs after {done}"),
+            }
+            continue;
+        }
+        done += jobs.len();
+        for job in jobs {
+            let permit = Arc::clone(&slots).acquire_owned().await?;
+            let store = Arc::clone(&store);
+            tasks.spawn(async move {
+                let now = SystemClock.now();
+                store.finish(complete(&job, now)).await?;
+                drop(permit);
+                anyhow::Ok(())
+            });
+        }
+        while let Some(r) = tasks.try_join_next() {
+            r??;
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let counts = store.counts().await?;
+    store.close().await?;
+    if counts.completed != args.n as u64 {
+        bail!("store floor: {} of {} completed", counts.completed, args.n);
+    }
+    Ok(args.n as f64 / secs)
+}
+
+fn complete(job: &ClaimedJob, now: Timestamp) -> Finish {
+    Finish {
+        fence: job.fence(),
+        attempt: AttemptRecord {
+            attempt: job.attempt,
+            outcome: AttemptOutcome::Completed,
+            error: None,
+            fuel_used: Some(0),
+            started_at: job.attempted_at,
+            ended_at: now,
+        },
+        transition: Transition::Complete {
+            output: job.payload.clone(),
+        },
+    }
+}
+
+/// Instantiate + call the plugin N times, with the host's concurrency.
+async fn sandbox_floor(config: &Config, args: &BenchArgs, payload: &str) -> anyhow::Result<f64> {
+    let sandbox = Sandbox::new(&SandboxConfig {
+        epoch_tick: config.host.epoch_tick,
+        pooling: config.host.pooling,
+        max_instances: args.concurrency.saturating_mul(2).saturating_add(8),
+        max_memory: config.max_memory(),
+    })?;
+    let path = config.host.plugins_dir.join(format!("{}.wasm", args.plugin));
+    let plugin = Arc::new(sandbox.load(&args.plugin, &path, config.plugin(&args.plugin).limits)?);
+    let next = Arc::new(AtomicUsize::new(0));
+    let now = SystemClock.now();
+    let job = ClaimedJob {
+        id: 0,
+        kind: args.plugin.clone(),
+        queue: "default".into(),
+        payload: payload.into(),
+        idempotency_key: "bench".into(),
+        priority: 0,
+        attempt: 1,
+        max_attempts: 1,
+        epoch: 1,
+        run_at: now,
+        attempted_at: now,
+        lease_expires_at: now,
+    };
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for _ in 0..args.concurrency {
+        let (plugin, next, mut job, n) = (Arc::clone(&plugin), Arc::clone(&next), job.clone(), args.n);
+        tasks.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                job.id += 1;
+                let report = plugin.run(&job, std::future::pending()).await;
+                if let Err(e) = report.result {
+                    bail!("sandbox floor: plugin failed: {e}");
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(args.n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Enqueue one job at a time into an idle host; enqueue → start.
+async fn latency(config: &Config, args: &BenchArgs, payload: &str) -> anyhow::Result<LatencyReport> {
+    let store = Arc::new(SqliteStore::open(&config.store)?);
+    let host = Arc::new(Host::new(
+        config.clone(),
+        Arc::clone(&store) as Arc<dyn Store>,
+        Arc::new(SystemClock),
+    )?);
+    host.metrics().keep_samples();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let runner = {
+        let host = Arc::clone(&host);
+        tokio::spawn(async move {
+            host.run(async {
+                let _ = stopped.await;
+            })
+            .await
+        })
+    };
+    let n = args.n.min(2000);
+    let template = NewJob::new(&args.plugin, payload).map_err(anyhow::Error::msg)?;
+    let mut starts = Vec::with_capacity(n);
+    let mut durables = Vec::with_capacity(n);
+    for i in 0..n {
+        // Let the host go idle between jobs.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let t0 = Instant::now();
+        let id = host.enqueue(vec![template.clone()]).await?[0].id;
+        let sample = loop {
+            if let Some(s) = host.metrics().take_samples().pop() {
+                break s;
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("job {id} ({i} of {n}) did not complete within 10s");
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        };
+        if sample.job_id != id {
+            bail!("unexpected sample for job {} while waiting for {id}", sample.job_id);
+        }
+        starts.push(sample.started.saturating_duration_since(t0));
+        durables.push(sample.durable.saturating_duration_since(t0));
+    }
+    let _ = stop.send(());
+    runner.await??;
+    drop(host);
+    store.close().await?;
+    Ok(LatencyReport {
+        n,
+        plugin: args.plugin.clone(),
+        sync: args.sync,
+        enqueue_to_start_ms: Percentiles::of(starts),
+        enqueue_to_durable_ms: Percentiles::of(durables),
+    })
+}

@@ -23,9 +23,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::executor::Host;
-use crate::job::{
-    AttemptOutcome, AttemptRecord, ClaimedJob, Finish, NewJob, Transition,
-};
+use crate::job::{AttemptOutcome, AttemptRecord, ClaimedJob, Finish, NewJob, Transition};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::store::sqlite::{SqliteStore, Synchronous};
 use crate::store::{ClaimRequest, Store};
@@ -115,7 +113,10 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let plugin_path = config.host.plugins_dir.join(format!("{}.wasm", args.plugin));
+    let plugin_path = config
+        .host
+        .plugins_dir
+        .join(format!("{}.wasm", args.plugin));
     if !plugin_path.is_file() {
         bail!(
             "no plugin {} to benchmark (build the plugins first, or pass --config with a plugins_dir)",
@@ -162,7 +163,11 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         Arc::new(SystemClock),
     )?);
     if host.plugins().get(&args.plugin).is_none() {
-        bail!("plugin {} did not load: {:?}", args.plugin, host.plugins().rejected());
+        bail!(
+            "plugin {} did not load: {:?}",
+            args.plugin,
+            host.plugins().rejected()
+        );
     }
     host.metrics().keep_samples();
     let started = Instant::now();
@@ -232,10 +237,19 @@ fn print_throughput(r: &ThroughputReport) {
         "jobbox bench: {} jobs of {}, concurrency {}, synchronous={:?}, {} cores",
         r.n, r.plugin, r.concurrency, r.sync, r.cores
     );
-    println!("  enqueue (batched):     {:>10.0} jobs/s", r.enqueue_per_sec);
+    println!(
+        "  enqueue (batched):     {:>10.0} jobs/s",
+        r.enqueue_per_sec
+    );
     println!("  end to end:            {:>10.0} jobs/s", r.jobs_per_sec);
-    println!("  store floor (no wasm): {:>10.0} jobs/s", r.store_floor_jobs_per_sec);
-    println!("  sandbox floor (no db): {:>10.0} jobs/s", r.sandbox_floor_jobs_per_sec);
+    println!(
+        "  store floor (no wasm): {:>10.0} jobs/s",
+        r.store_floor_jobs_per_sec
+    );
+    println!(
+        "  sandbox floor (no db): {:>10.0} jobs/s",
+        r.sandbox_floor_jobs_per_sec
+    );
     println!("  ratio to lower floor:  {:>10.2}", r.ratio_to_lower_floor);
     for (name, p) in [
         ("queue wait", &r.queue_wait_ms),
@@ -354,7 +368,10 @@ async fn sandbox_floor(config: &Config, args: &BenchArgs, payload: &str) -> anyh
         max_instances: args.concurrency.saturating_mul(2).saturating_add(8),
         max_memory: config.max_memory(),
     })?;
-    let path = config.host.plugins_dir.join(format!("{}.wasm", args.plugin));
+    let path = config
+        .host
+        .plugins_dir
+        .join(format!("{}.wasm", args.plugin));
     let plugin = Arc::new(sandbox.load(&args.plugin, &path, config.plugin(&args.plugin).limits)?);
     let next = Arc::new(AtomicUsize::new(0));
     let now = SystemClock.now();
@@ -375,7 +392,8 @@ async fn sandbox_floor(config: &Config, args: &BenchArgs, payload: &str) -> anyh
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for _ in 0..args.concurrency {
-        let (plugin, next, mut job, n) = (Arc::clone(&plugin), Arc::clone(&next), job.clone(), args.n);
+        let (plugin, next, mut job, n) =
+            (Arc::clone(&plugin), Arc::clone(&next), job.clone(), args.n);
         tasks.spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < n {
                 job.id += 1;
@@ -394,7 +412,11 @@ async fn sandbox_floor(config: &Config, args: &BenchArgs, payload: &str) -> anyh
 }
 
 /// Enqueue one job at a time into an idle host; enqueue → start.
-async fn latency(config: &Config, args: &BenchArgs, payload: &str) -> anyhow::Result<LatencyReport> {
+async fn latency(
+    config: &Config,
+    args: &BenchArgs,
+    payload: &str,
+) -> anyhow::Result<LatencyReport> {
     let store = Arc::new(SqliteStore::open(&config.store)?);
     let host = Arc::new(Host::new(
         config.clone(),
@@ -431,7 +453,10 @@ async fn latency(config: &Config, args: &BenchArgs, payload: &str) -> anyhow::Re
             tokio::time::sleep(Duration::from_micros(200)).await;
         };
         if sample.job_id != id {
-            bail!("unexpected sample for job {} while waiting for {id}", sample.job_id);
+            bail!(
+                "unexpected sample for job {} while waiting for {id}",
+                sample.job_id
+            );
         }
         starts.push(sample.started.saturating_duration_since(t0));
         durables.push(sample.durable.saturating_duration_since(t0));

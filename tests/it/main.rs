@@ -1,1 +1,12 @@
+//! jobbox integration tests: one binary, a module per area.
+//!
+//! Tests drive the library API (`Host`, `Store`, `Sandbox`) and the `jobbox`
+//! binary, against real SQLite files in temporary directories and the real
+//! plugins built from `plugins/` by `tests/build.rs`.
 
+mod cli;
+mod limits;
+mod plugins;
+mod queue;
+mod retry;
+mod support;

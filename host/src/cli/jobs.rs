@@ -57,7 +57,10 @@ async fn run(store: &dyn Store, cmd: JobsCommand) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&jobs)?);
             } else {
-                println!("{:>8}  {:<10} {:<16} {:>7}  {:<24}  error", "id", "state", "kind", "attempt", "run_at");
+                println!(
+                    "{:>8}  {:<10} {:<16} {:>7}  {:<24}  error",
+                    "id", "state", "kind", "attempt", "run_at"
+                );
                 for j in &jobs {
                     println!(
                         "{:>8}  {:<10} {:<16} {:>3}/{:<3}  {:<24}  {}",
@@ -119,7 +122,10 @@ fn print_job(j: &JobRecord) {
             a.outcome,
             a.duration_ms,
             a.fuel_used.map_or("-".to_owned(), |f| f.to_string()),
-            a.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+            a.error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
         );
     }
 }

@@ -161,8 +161,12 @@ async fn enqueue(config: &Config, args: EnqueueArgs) -> anyhow::Result<()> {
     }
     let now = SystemClock.now();
     let run_at = match (&args.delay, &args.run_at) {
-        (Some(d), _) => Some(now.plus(parse_duration(d).map_err(|e| anyhow::anyhow!("--delay: {e}"))?)),
-        (_, Some(t)) => Some(Timestamp::parse_rfc3339(t).map_err(|e| anyhow::anyhow!("--run-at: {e}"))?),
+        (Some(d), _) => {
+            Some(now.plus(parse_duration(d).map_err(|e| anyhow::anyhow!("--delay: {e}"))?))
+        }
+        (_, Some(t)) => {
+            Some(Timestamp::parse_rfc3339(t).map_err(|e| anyhow::anyhow!("--run-at: {e}"))?)
+        }
         _ => None,
     };
     let plugin_file = config.host.plugins_dir.join(format!("{}.wasm", args.kind));
@@ -194,7 +198,10 @@ async fn enqueue(config: &Config, args: EnqueueArgs) -> anyhow::Result<()> {
     } else if enqueued.created {
         println!("{}", enqueued.id);
     } else {
-        eprintln!("note: idempotency key already used: returning existing job {}", enqueued.id);
+        eprintln!(
+            "note: idempotency key already used: returning existing job {}",
+            enqueued.id
+        );
         println!("{}", enqueued.id);
     }
     Ok(())

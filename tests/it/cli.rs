@@ -1,0 +1,424 @@
+//! The `jobbox` binary: commands, bad input, crashes and shutdown.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use jobbox::job::{AttemptOutcome, JobState};
+use jobbox::store::Store;
+use jobbox::store::sqlite::{SqliteOptions, SqliteStore};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// A directory with a config, a database and a plugins directory.
+struct Env {
+    dir: TempDir,
+    _plugins: TempDir,
+}
+
+impl Env {
+    fn new(kinds: &[&str], extra: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = jobbox_tests::plugin_dir_with(kinds);
+        let config = format!(
+            "[store]\npath = \"jobbox.db\"\n\n[host]\nplugins_dir = {:?}\npoll_interval = \"20ms\"\n{extra}",
+            plugins.path()
+        );
+        std::fs::write(dir.path().join("jobbox.toml"), config).unwrap();
+        Env {
+            dir,
+            _plugins: plugins,
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("jobbox.toml")
+    }
+
+    fn cmd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobbox"));
+        cmd.arg("--config")
+            .arg(self.config())
+            .current_dir(self.dir.path());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "jobbox {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs a command that must fail with a one-line error; returns it.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "jobbox {args:?} should have failed");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        let lines: Vec<_> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+        assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
+        lines[0].to_owned()
+    }
+
+    fn enqueue(&self, kind: &str, payload: &str) -> i64 {
+        let out = self.ok(&["enqueue", kind, "--payload", payload, "--json"]);
+        serde_json::from_str::<Value>(&out).unwrap()["id"]
+            .as_i64()
+            .unwrap()
+    }
+
+    fn show(&self, id: i64) -> Value {
+        serde_json::from_str(&self.ok(&["jobs", "show", &id.to_string(), "--json"])).unwrap()
+    }
+
+    fn spawn_host(&self) -> Child {
+        self.cmd()
+            .arg("run")
+            .env("JOBBOX_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn store(&self) -> SqliteStore {
+        SqliteStore::open(&SqliteOptions::new(self.dir.path().join("jobbox.db"))).unwrap()
+    }
+}
+
+fn wait(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn stderr_of(child: Child) -> (std::process::ExitStatus, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn enqueue_run_show_list_through_the_binary() {
+    let env = Env::new(&["echo"], "");
+    let id = env.enqueue("echo", r#"{"to": "ops@example.com"}"#);
+    let again = env.ok(&[
+        "enqueue",
+        "echo",
+        "--payload",
+        "{}",
+        "--idempotency-key",
+        "k-1",
+        "--json",
+    ]);
+    let again: Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(again["created"], true);
+    let dup: Value = serde_json::from_str(&env.ok(&[
+        "enqueue",
+        "echo",
+        "--payload",
+        "{}",
+        "--idempotency-key",
+        "k-1",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(dup["id"], again["id"]);
+    assert_eq!(dup["created"], false);
+
+    let host = env.spawn_host();
+    wait(Duration::from_secs(20), "job to complete", || {
+        env.show(id)["state"] == "completed"
+    });
+    signal(&host, "-TERM");
+    let (status, _) = stderr_of(host);
+    assert!(status.success());
+
+    let job = env.show(id);
+    assert_eq!(job["kind"], "echo");
+    assert_eq!(job["attempt"], 1);
+    assert_eq!(job["epoch"], 1);
+    assert_eq!(job["idempotency_key"], format!("jobbox-job-{id}"));
+    assert_eq!(job["output"], serde_json::json!({"to": "ops@example.com"}));
+    assert_eq!(job["error"], Value::Null);
+    assert_eq!(job["attempts"][0]["outcome"], "completed");
+    assert!(job["attempts"][0]["fuel_used"].as_u64().unwrap() > 0);
+    assert!(job["attempts"][0]["duration_ms"].is_number());
+
+    let list: Value =
+        serde_json::from_str(&env.ok(&["jobs", "list", "--state", "completed", "--json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let text = env.ok(&["jobs", "list"]);
+    assert!(text.contains("completed") && text.contains("echo"));
+}
+
+#[test]
+fn bad_input_gets_one_line_errors_and_writes_nothing() {
+    let env = Env::new(&["echo"], "");
+    let e = env.fails(&["enqueue", "echo", "--payload", "{not json"]);
+    assert!(e.contains("payload is not valid JSON"), "{e}");
+    let e = env.fails(&["enqueue", "echo", "--payload", "{}", "--delay", "5 parsecs"]);
+    assert!(
+        e.contains("--delay") && e.contains("invalid duration"),
+        "{e}"
+    );
+    let e = env.fails(&[
+        "enqueue",
+        "echo",
+        "--payload",
+        "{}",
+        "--run-at",
+        "yesterday",
+    ]);
+    assert!(e.contains("--run-at"), "{e}");
+    let e = env.fails(&["enqueue", "bad kind!", "--payload", "{}"]);
+    assert!(e.contains("invalid kind"), "{e}");
+    let e = env.fails(&["jobs", "show", "4242"]);
+    assert!(e.contains("job 4242 not found"), "{e}");
+    let e = env.fails(&["jobs", "retry", "4242"]);
+    assert!(e.contains("job 4242 not found"), "{e}");
+    let list: Value = serde_json::from_str(&env.ok(&["jobs", "list", "--json"])).unwrap();
+    assert_eq!(list, serde_json::json!([]), "nothing was half-written");
+
+    // An unknown kind is allowed, with a warning.
+    let out = env.run(&["enqueue", "nobody", "--payload", "{}"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning: no plugin file"));
+
+    // Config errors name the key.
+    std::fs::write(env.config(), "[host]\nconcurency = 3\n").unwrap();
+    let e = env.fails(&["jobs", "list"]);
+    assert!(
+        e.contains("host.concurency") && e.contains("unknown field"),
+        "{e}"
+    );
+    std::fs::write(
+        env.config(),
+        "[plugins.echo]\ntimeout = \"10 fortnights\"\n",
+    )
+    .unwrap();
+    let e = env.fails(&["jobs", "list"]);
+    assert!(
+        e.contains("plugins.echo.timeout") && e.contains("invalid duration"),
+        "{e}"
+    );
+    std::fs::write(env.config(), "[defaults]\nmemory = \"12 bananas\"\n").unwrap();
+    let e = env.fails(&["jobs", "list"]);
+    assert!(
+        e.contains("defaults.memory") && e.contains("invalid size"),
+        "{e}"
+    );
+}
+
+#[test]
+fn plugins_list_shows_limits_and_rejections() {
+    let env = Env::new(
+        &["echo", "not-a-plugin"],
+        "[plugins.echo]\ntimeout = \"7s\"\nmemory = \"32MiB\"\n",
+    );
+    let out: Value = serde_json::from_str(&env.ok(&["plugins", "list", "--json"])).unwrap();
+    let plugins = out["plugins"].as_array().unwrap();
+    assert_eq!(plugins.len(), 1);
+    assert_eq!(plugins[0]["kind"], "echo");
+    assert_eq!(plugins[0]["settings"]["timeout"], "7s");
+    assert_eq!(plugins[0]["settings"]["memory"], 32 << 20);
+    let rejected = out["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert!(
+        rejected[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not implement world")
+    );
+}
+
+/// Kill -9 mid-run, restart: every job completes exactly once, none lost.
+#[test]
+fn kill_9_then_restart_loses_nothing() {
+    let env = Env::new(
+        &["sleepy"],
+        "concurrency = 8\nlease = \"1s\"\nrescue_interval = \"100ms\"\n[plugins.sleepy]\nbackoff_base = \"10ms\"\nmax_attempts = 10\n",
+    );
+    let n = 120;
+    let store = env.store();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let jobs = vec![jobbox::job::NewJob::new("sleepy", r#"{"ms": 40}"#).unwrap(); n];
+    rt.block_on(store.enqueue(jobs, jobbox::time::Timestamp(0)))
+        .unwrap();
+    let counts = || rt.block_on(store.counts()).unwrap();
+
+    let mut host = env.spawn_host();
+    wait(Duration::from_secs(20), "some progress", || {
+        counts().completed >= 20
+    });
+    host.kill().unwrap(); // SIGKILL
+    host.wait().unwrap();
+    let at_kill = counts();
+    assert!(
+        at_kill.completed < n as u64,
+        "the kill landed before the end"
+    );
+    assert!(
+        at_kill.running > 0,
+        "the kill left jobs running: {at_kill:?}"
+    );
+
+    let host = env.spawn_host();
+    wait(Duration::from_secs(60), "every job to complete", || {
+        counts().completed == n as u64
+    });
+    signal(&host, "-TERM");
+    let (status, _) = stderr_of(host);
+    assert!(status.success());
+
+    let c = counts();
+    assert_eq!(
+        (
+            c.completed,
+            c.running,
+            c.available,
+            c.retryable,
+            c.discarded
+        ),
+        (n as u64, 0, 0, 0, 0)
+    );
+    let mut rescued = 0;
+    for id in 1..=n as i64 {
+        let job = rt.block_on(store.job(id)).unwrap().unwrap();
+        assert_eq!(job.state, JobState::Completed);
+        let completed = job
+            .attempts
+            .iter()
+            .filter(|a| a.outcome == AttemptOutcome::Completed)
+            .count();
+        assert_eq!(completed, 1, "job {id} completed once");
+        rescued += job
+            .attempts
+            .iter()
+            .filter(|a| a.outcome == AttemptOutcome::LeaseExpired)
+            .count();
+    }
+    assert!(rescued >= 1, "the jobs the crash left running were rescued");
+    rt.block_on(store.close()).unwrap();
+}
+
+/// SIGTERM: attempts that fit in the grace period finish; the rest are
+/// released without burning an attempt; nothing stays running.
+#[test]
+fn graceful_shutdown_leaves_nothing_running() {
+    let env = Env::new(&["sleepy"], "shutdown_grace = \"700ms\"\n");
+    let quick = env.enqueue("sleepy", r#"{"ms": 200}"#);
+    let slow: Vec<_> = (0..3)
+        .map(|_| env.enqueue("sleepy", r#"{"ms": 20000}"#))
+        .collect();
+    let host = env.spawn_host();
+    wait(Duration::from_secs(20), "all four to start", || {
+        env.show(quick)["attempt"] == 1 && slow.iter().all(|id| env.show(*id)["state"] == "running")
+    });
+    let stopping = Instant::now();
+    signal(&host, "-TERM");
+    let (status, stderr) = stderr_of(host);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        stopping.elapsed()
+    );
+
+    assert_eq!(env.show(quick)["state"], "completed");
+    for id in &slow {
+        let job = env.show(*id);
+        assert_eq!(job["state"], "available", "{job}");
+        assert_eq!(job["attempt"], 0, "the attempt was given back");
+        assert_eq!(job["epoch"], 1);
+        assert_eq!(job["attempts"][0]["outcome"], "host_shutdown");
+    }
+    let running: Value =
+        serde_json::from_str(&env.ok(&["jobs", "list", "--state", "running", "--json"])).unwrap();
+    assert_eq!(running, serde_json::json!([]));
+    assert!(stderr.contains(&format!("EFFECT job={quick} ")), "{stderr}");
+    for id in &slow {
+        assert!(
+            !stderr.contains(&format!("EFFECT job={id} ")),
+            "a cancelled attempt took effect: {stderr}"
+        );
+    }
+}
+
+/// An attempt stopped at its deadline never produces its effect, even
+/// after the deadline; one within its deadline does.
+#[test]
+fn an_effect_after_the_deadline_never_lands() {
+    let env = Env::new(
+        &["slow-effect"],
+        "[plugins.slow-effect]\ntimeout = \"300ms\"\nmax_attempts = 1\n",
+    );
+    let late = env.enqueue("slow-effect", r#"{"ms": 1200}"#);
+    let on_time = env.enqueue("slow-effect", r#"{"ms": 50}"#);
+    let host = env.spawn_host();
+    wait(Duration::from_secs(20), "both to finish", || {
+        env.show(late)["state"] == "discarded" && env.show(on_time)["state"] == "completed"
+    });
+    // Give the late attempt time to have produced its effect, had it run on.
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&host, "-TERM");
+    let (_, stderr) = stderr_of(host);
+    assert_eq!(env.show(late)["attempts"][0]["outcome"], "timeout");
+    assert!(
+        stderr.contains(&format!("EFFECT job={on_time} attempt=1")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&format!("EFFECT job={late}")), "{stderr}");
+}
+
+#[test]
+fn bench_smoke_reports_sane_fields() {
+    let env = Env::new(&["echo"], "");
+    let out = env.ok(&["bench", "-n", "2000", "--concurrency", "16", "--json"]);
+    let r: Value = serde_json::from_str(&out).unwrap();
+    for field in [
+        "jobs_per_sec",
+        "store_floor_jobs_per_sec",
+        "sandbox_floor_jobs_per_sec",
+        "ratio_to_lower_floor",
+        "enqueue_per_sec",
+    ] {
+        assert!(r[field].as_f64().unwrap() > 0.0, "{field} in {r}");
+    }
+    for field in ["queue_wait_ms", "run_ms"] {
+        let p = &r[field];
+        let (p50, p90, p99) = (
+            p["p50"].as_f64().unwrap(),
+            p["p90"].as_f64().unwrap(),
+            p["p99"].as_f64().unwrap(),
+        );
+        assert!(0.0 <= p50 && p50 <= p90 && p90 <= p99, "{field}: {p}");
+    }
+    assert_eq!(r["n"], 2000);
+    let out = env.ok(&["bench", "-n", "50", "--latency", "--json"]);
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert!(r["enqueue_to_start_ms"]["p50"].as_f64().unwrap() > 0.0);
+}

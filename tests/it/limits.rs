@@ -1,0 +1,208 @@
+//! Sandbox limits: each one obeyed and violated, through the sandbox API
+//! and through the host.
+
+use std::time::Duration;
+
+use jobbox::job::{AttemptOutcome, ClaimedJob, JobState};
+use jobbox::sandbox::{Limits, Plugin, RunError, Sandbox, SandboxConfig};
+use jobbox::time::Timestamp;
+
+use crate::support::{Harness, job};
+
+fn sandbox() -> Sandbox {
+    Sandbox::new(&SandboxConfig::default()).unwrap()
+}
+
+fn load(sandbox: &Sandbox, kind: &str, limits: Limits) -> Plugin {
+    let path = jobbox_tests::plugin_artifacts().join(format!("{kind}.wasm"));
+    sandbox.load(kind, &path, limits).unwrap()
+}
+
+fn claimed(kind: &str, payload: &str) -> ClaimedJob {
+    ClaimedJob {
+        id: 1,
+        kind: kind.into(),
+        queue: "default".into(),
+        payload: payload.into(),
+        idempotency_key: "k".into(),
+        priority: 0,
+        attempt: 1,
+        max_attempts: 1,
+        epoch: 1,
+        run_at: Timestamp(0),
+        attempted_at: Timestamp(0),
+        lease_expires_at: Timestamp(0),
+    }
+}
+
+fn limits(fuel: u64, timeout_ms: u64, memory: usize) -> Limits {
+    Limits {
+        fuel,
+        timeout: Duration::from_millis(timeout_ms),
+        memory,
+    }
+}
+
+const LOTS_OF_FUEL: u64 = u64::MAX / 4;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tight_loop_is_stopped_by_the_wall_clock_deadline() {
+    let sb = sandbox();
+    let spin = load(&sb, "spin", limits(LOTS_OF_FUEL, 300, 64 << 20));
+    for _ in 0..3 {
+        let report = spin
+            .run(&claimed("spin", "{}"), std::future::pending())
+            .await;
+        assert_eq!(
+            report.result,
+            Err(RunError::Timeout(Duration::from_millis(300)))
+        );
+        let over = report.elapsed.saturating_sub(Duration::from_millis(300));
+        assert!(
+            report.elapsed >= Duration::from_millis(300) && over < Duration::from_millis(100),
+            "stopped {over:?} after the deadline (elapsed {:?})",
+            report.elapsed
+        );
+        assert!(report.fuel_used > 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tight_loop_is_stopped_by_fuel_when_fuel_is_the_smaller_limit() {
+    let sb = sandbox();
+    let spin = load(&sb, "spin", limits(20_000_000, 30_000, 64 << 20));
+    let report = spin
+        .run(&claimed("spin", "{}"), std::future::pending())
+        .await;
+    assert_eq!(report.result, Err(RunError::OutOfFuel(20_000_000)));
+    assert_eq!(report.fuel_used, 20_000_000);
+    assert!(
+        report.elapsed < Duration::from_secs(5),
+        "took {:?}",
+        report.elapsed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_parked_in_a_host_call_is_stopped_at_the_deadline() {
+    let sb = sandbox();
+    let sleepy = load(&sb, "sleepy", limits(LOTS_OF_FUEL, 200, 64 << 20));
+    let report = sleepy
+        .run(
+            &claimed("sleepy", r#"{"ms": 5000}"#),
+            std::future::pending(),
+        )
+        .await;
+    assert_eq!(
+        report.result,
+        Err(RunError::Timeout(Duration::from_millis(200)))
+    );
+    assert!(
+        report.elapsed < Duration::from_millis(300),
+        "took {:?}",
+        report.elapsed
+    );
+
+    // Within its deadline the same plugin completes.
+    let report = sleepy
+        .run(&claimed("sleepy", r#"{"ms": 20}"#), std::future::pending())
+        .await;
+    assert_eq!(report.result.unwrap(), r#"{"slept":20}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_just_under_the_limit_works_and_over_it_fails() {
+    let sb = sandbox();
+    let limit = 16 << 20;
+    let hog = load(&sb, "hog", limits(LOTS_OF_FUEL, 10_000, limit));
+    let under = hog
+        .run(
+            &claimed("hog", r#"{"bytes": 12582912}"#),
+            std::future::pending(),
+        )
+        .await;
+    assert_eq!(under.result.unwrap(), r#"{"allocated":12582912}"#);
+    let over = hog
+        .run(
+            &claimed("hog", r#"{"bytes": 20971520}"#),
+            std::future::pending(),
+        )
+        .await;
+    assert_eq!(over.result, Err(RunError::MemoryLimit(limit)));
+    let unbounded = hog.run(&claimed("hog", "{}"), std::future::pending()).await;
+    assert_eq!(unbounded.result, Err(RunError::MemoryLimit(limit)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_is_reported_as_a_trap() {
+    let sb = sandbox();
+    let trap = load(&sb, "trap", limits(LOTS_OF_FUEL, 10_000, 64 << 20));
+    let report = trap
+        .run(&claimed("trap", "{}"), std::future::pending())
+        .await;
+    match report.result {
+        Err(RunError::Trap(msg)) => assert!(msg.contains("unreachable"), "{msg}"),
+        other => panic!("expected a trap, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_stops_a_running_guest_at_once() {
+    let sb = sandbox();
+    let spin = load(&sb, "spin", limits(LOTS_OF_FUEL, 30_000, 64 << 20));
+    let started = std::time::Instant::now();
+    let report = spin
+        .run(
+            &claimed("spin", "{}"),
+            tokio::time::sleep(Duration::from_millis(100)),
+        )
+        .await;
+    assert_eq!(report.result, Err(RunError::Cancelled));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_records_each_limit_as_the_attempt_outcome() {
+    let h = Harness::new(
+        &["spin", "hog", "trap"],
+        r#"
+        [defaults]
+        max_attempts = 1
+        [plugins.spin]
+        timeout = "250ms"
+        [plugins.hog]
+        memory = "8MiB"
+        "#,
+    );
+    let running = h.start();
+    let ids: Vec<_> = running
+        .host
+        .enqueue(vec![job("spin", "{}"), job("hog", "{}"), job("trap", "{}")])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let mut outcomes = Vec::new();
+    for id in &ids {
+        let rec = h
+            .wait_for_state(*id, JobState::Discarded, Duration::from_secs(10))
+            .await;
+        assert_eq!(rec.attempts.len(), 1);
+        outcomes.push(rec.attempts[0].outcome);
+        assert!(rec.error.is_some());
+    }
+    running.stop().await;
+    assert_eq!(
+        outcomes,
+        vec![
+            AttemptOutcome::Timeout,
+            AttemptOutcome::MemoryLimit,
+            AttemptOutcome::Trap
+        ]
+    );
+}

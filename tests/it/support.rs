@@ -1,0 +1,138 @@
+//! Shared test harness: a temporary database and plugins directory, a host
+//! running in the background, and polling helpers.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jobbox::config::Config;
+use jobbox::executor::Host;
+use jobbox::job::{JobId, JobRecord, JobState, NewJob};
+use jobbox::store::Store;
+use jobbox::store::sqlite::SqliteStore;
+use jobbox::time::{Clock, SystemClock};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A temporary database and plugins directory with a validated config.
+pub struct Harness {
+    /// Holds the database; deleted on drop.
+    _dir: TempDir,
+    pub plugins: TempDir,
+    pub config: Config,
+    pub store: Arc<SqliteStore>,
+}
+
+impl Harness {
+    /// A harness whose plugins directory holds `kinds`, configured by
+    /// `toml` (without `[store] path` or `[host] plugins_dir`, which the
+    /// harness sets).
+    pub fn new(kinds: &[&str], toml: &str) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = jobbox_tests::plugin_dir_with(kinds);
+        let mut config = Config::parse(toml, dir.path()).expect("test config is valid");
+        config.store.path = dir.path().join("jobbox.db");
+        config.host.plugins_dir = plugins.path().to_owned();
+        let store = Arc::new(SqliteStore::open(&config.store).unwrap());
+        Harness {
+            _dir: dir,
+            plugins,
+            config,
+            store,
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.config.store.path.clone()
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store) as Arc<dyn Store>
+    }
+
+    /// A host on this harness's store (not yet running).
+    pub fn host(&self) -> Arc<Host> {
+        self.host_with_clock(Arc::new(SystemClock))
+    }
+
+    pub fn host_with_clock(&self, clock: Arc<dyn Clock>) -> Arc<Host> {
+        Arc::new(Host::new(self.config.clone(), self.store(), clock).unwrap())
+    }
+
+    /// Starts a host in the background.
+    pub fn start(&self) -> Running {
+        Running::start(self.host())
+    }
+
+    pub async fn job(&self, id: JobId) -> JobRecord {
+        self.store.job(id).await.unwrap().expect("job exists")
+    }
+
+    /// Waits until job `id` is in `state`, or panics after `timeout`.
+    pub async fn wait_for_state(&self, id: JobId, state: JobState, timeout: Duration) -> JobRecord {
+        let store = &self.store;
+        wait_until(timeout, &format!("job {id} to be {state}"), || async move {
+            let job = store.job(id).await.unwrap().expect("job exists");
+            (job.state == state).then_some(job)
+        })
+        .await
+    }
+}
+
+/// A host running in a background task.
+pub struct Running {
+    pub host: Arc<Host>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub fn start(host: Arc<Host>) -> Running {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = {
+            let host = Arc::clone(&host);
+            tokio::spawn(async move {
+                host.run(async {
+                    let _ = stopped.await;
+                })
+                .await
+            })
+        };
+        Running {
+            host,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Graceful shutdown; returns once the host has stopped.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout`.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub fn job(kind: &str, payload: &str) -> NewJob {
+    NewJob::new(kind, payload).unwrap()
+}

@@ -77,6 +77,9 @@ impl Host {
             );
         }
 
+        // From here on the fenced write-back decides; a cancel that comes
+        // later changes nothing.
+        self.mark_finishing(job.fence());
         let now = self.clock.now();
         let reason = *cancel.borrow();
         let (outcome, transition) = match (&report.result, reason) {

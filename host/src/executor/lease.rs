@@ -29,14 +29,13 @@ impl Host {
             Ok(results) => {
                 let mut lost = 0;
                 for (fence, r) in fences.into_iter().zip(results) {
-                    if r == Fenced::FencedOut {
+                    if r == Fenced::FencedOut && self.cancel(fence, CancelReason::LeaseLost) {
                         lost += 1;
                         tracing::warn!(
                             job_id = fence.id,
                             epoch = fence.epoch,
                             "lease lost: cancelling the attempt"
                         );
-                        self.cancel(fence, CancelReason::LeaseLost);
                     }
                 }
                 lost

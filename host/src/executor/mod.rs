@@ -84,6 +84,10 @@ struct Running {
     epoch: u64,
     kind: String,
     cancel: watch::Sender<Option<CancelReason>>,
+    /// Set once the attempt has its result and is writing it back: from
+    /// then on its own fenced write decides, and a lease renewal that finds
+    /// the job already finished is not a lost lease.
+    finishing: bool,
 }
 
 impl Host {
@@ -304,6 +308,7 @@ impl Host {
                 epoch: job.epoch,
                 kind: job.kind.clone(),
                 cancel: tx,
+                finishing: false,
             },
         );
         *inflight.per_kind.entry(job.kind.clone()).or_default() += 1;
@@ -330,13 +335,25 @@ impl Host {
         self.wake.notify_one();
     }
 
-    /// Cancels the attempt holding `fence`, if it is still in flight.
-    fn cancel(&self, fence: Fence, reason: CancelReason) {
+    /// Cancels the attempt holding `fence` if it is still running its
+    /// plugin; returns whether it was.
+    fn cancel(&self, fence: Fence, reason: CancelReason) -> bool {
         let inflight = self.lock_inflight();
-        if let Some(r) = inflight.attempts.get(&fence.id)
+        match inflight.attempts.get(&fence.id) {
+            Some(r) if r.epoch == fence.epoch && !r.finishing => {
+                let _ = r.cancel.send(Some(reason));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Marks the attempt holding `fence` as writing its result back.
+    fn mark_finishing(&self, fence: Fence) {
+        if let Some(r) = self.lock_inflight().attempts.get_mut(&fence.id)
             && r.epoch == fence.epoch
         {
-            let _ = r.cancel.send(Some(reason));
+            r.finishing = true;
         }
     }
 

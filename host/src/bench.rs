@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::executor::Host;
 use crate::job::{AttemptOutcome, AttemptRecord, ClaimedJob, Finish, NewJob, Transition};
-use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::sandbox::{Limits, Plugin, Sandbox, SandboxConfig};
 use crate::store::sqlite::{SqliteStore, Synchronous};
 use crate::store::{ClaimRequest, Store};
 use crate::time::{Clock, SystemClock, Timestamp};
@@ -44,8 +44,12 @@ pub struct BenchArgs {
     #[arg(long, default_value = "full")]
     pub sync: Synchronous,
     /// Measure enqueue → start latency on an idle host instead.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "runaway")]
     pub latency: bool,
+    /// Measure how long after its deadline a runaway plugin (one that never
+    /// returns, e.g. `spin`) is stopped, with this deadline (e.g. 100ms).
+    #[arg(long, value_name = "DEADLINE")]
+    pub runaway: Option<String>,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -95,6 +99,17 @@ struct ThroughputReport {
     run_ms: Percentiles,
     /// From the attempt's start to its outcome being durable.
     attempt_ms: Percentiles,
+    /// The process's peak resident set size (VmHWM), in MiB.
+    peak_rss_mib: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct RunawayReport {
+    n: usize,
+    plugin: String,
+    deadline_ms: f64,
+    /// How long after the deadline the plugin was stopped.
+    overshoot_ms: Percentiles,
 }
 
 #[derive(Debug, Serialize)]
@@ -132,6 +147,21 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         p.concurrency = p.concurrency.min(args.concurrency);
     }
     let payload = r#"{"hello":"world"}"#;
+
+    if let Some(deadline) = &args.runaway {
+        let deadline = crate::config::parse_duration(deadline).map_err(anyhow::Error::msg)?;
+        let report = runaway(&config, &args, deadline).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            let p = &report.overshoot_ms;
+            println!(
+                "runaway ({} runs of {}, deadline {} ms): stopped after the deadline by p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                report.n, report.plugin, report.deadline_ms, p.p50, p.p90, p.p99, p.max
+            );
+        }
+        return Ok(());
+    }
 
     if args.latency {
         config.store.path = tmp.path().join("latency.db");
@@ -223,6 +253,7 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         queue_wait_ms: Percentiles::of(samples.iter().map(|s| s.queue_wait).collect()),
         run_ms: Percentiles::of(samples.iter().map(|s| s.run).collect()),
         attempt_ms: Percentiles::of(samples.iter().map(|s| s.durable - s.started).collect()),
+        peak_rss_mib: peak_rss_mib(),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -251,6 +282,9 @@ fn print_throughput(r: &ThroughputReport) {
         r.sandbox_floor_jobs_per_sec
     );
     println!("  ratio to lower floor:  {:>10.2}", r.ratio_to_lower_floor);
+    if let Some(rss) = r.peak_rss_mib {
+        println!("  peak RSS:              {rss:>10.1} MiB");
+    }
     for (name, p) in [
         ("queue wait", &r.queue_wait_ms),
         ("run", &r.run_ms),
@@ -261,6 +295,64 @@ fn print_throughput(r: &ThroughputReport) {
             p.p50, p.p90, p.p99, p.max
         );
     }
+}
+
+/// The peak resident set size of this process, from `/proc`.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Runs a plugin that never returns `n` times (at the configured
+/// concurrency) with `deadline`, and measures how late each was stopped.
+async fn runaway(
+    config: &Config,
+    args: &BenchArgs,
+    deadline: Duration,
+) -> anyhow::Result<RunawayReport> {
+    let plugin_name = if args.plugin == "echo" {
+        "spin"
+    } else {
+        args.plugin.as_str()
+    };
+    let mut limits = config.plugin(plugin_name).limits;
+    limits.timeout = deadline;
+    limits.fuel = u64::MAX / 2;
+    let (_sandbox, plugin) = load_alone(config, args, plugin_name, limits)?;
+    let plugin = Arc::new(plugin);
+    let n = args.n.min(1000);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = JoinSet::new();
+    for _ in 0..args.concurrency.min(n as u32) {
+        let (plugin, next, job) = (
+            Arc::clone(&plugin),
+            Arc::clone(&next),
+            bench_job(plugin_name, "{}"),
+        );
+        tasks.spawn(async move {
+            let mut overshoots = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let report = plugin.run(&job, std::future::pending()).await;
+                if !matches!(report.result, Err(crate::sandbox::RunError::Timeout(_))) {
+                    bail!("runaway: expected a timeout, got {:?}", report.result);
+                }
+                overshoots.push(report.elapsed.saturating_sub(deadline));
+            }
+            anyhow::Ok(overshoots)
+        });
+    }
+    let mut all = Vec::with_capacity(n);
+    while let Some(r) = tasks.join_next().await {
+        all.extend(r??);
+    }
+    Ok(RunawayReport {
+        n,
+        plugin: plugin_name.to_owned(),
+        deadline_ms: deadline.as_secs_f64() * 1000.0,
+        overshoot_ms: Percentiles::of(all),
+    })
 }
 
 /// Inserts `args.n` jobs in batches; returns the seconds it took.
@@ -362,33 +454,11 @@ fn complete(job: &ClaimedJob, now: Timestamp) -> Finish {
 
 /// Instantiate + call the plugin N times, with the host's concurrency.
 async fn sandbox_floor(config: &Config, args: &BenchArgs, payload: &str) -> anyhow::Result<f64> {
-    let sandbox = Sandbox::new(&SandboxConfig {
-        epoch_tick: config.host.epoch_tick,
-        pooling: config.host.pooling,
-        max_instances: args.concurrency.saturating_mul(2).saturating_add(8),
-        max_memory: config.max_memory(),
-    })?;
-    let path = config
-        .host
-        .plugins_dir
-        .join(format!("{}.wasm", args.plugin));
-    let plugin = Arc::new(sandbox.load(&args.plugin, &path, config.plugin(&args.plugin).limits)?);
+    let limits = config.plugin(&args.plugin).limits;
+    let (_sandbox, plugin) = load_alone(config, args, &args.plugin, limits)?;
+    let plugin = Arc::new(plugin);
     let next = Arc::new(AtomicUsize::new(0));
-    let now = SystemClock.now();
-    let job = ClaimedJob {
-        id: 0,
-        kind: args.plugin.clone(),
-        queue: "default".into(),
-        payload: payload.into(),
-        idempotency_key: "bench".into(),
-        priority: 0,
-        attempt: 1,
-        max_attempts: 1,
-        epoch: 1,
-        run_at: now,
-        attempted_at: now,
-        lease_expires_at: now,
-    };
+    let job = bench_job(&args.plugin, payload);
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for _ in 0..args.concurrency {
@@ -409,6 +479,45 @@ async fn sandbox_floor(config: &Config, args: &BenchArgs, payload: &str) -> anyh
         r??;
     }
     Ok(args.n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// A sandbox of its own and `kind` loaded in it, as the host would.
+fn load_alone(
+    config: &Config,
+    args: &BenchArgs,
+    kind: &str,
+    limits: Limits,
+) -> anyhow::Result<(Sandbox, Plugin)> {
+    let sandbox = Sandbox::new(&SandboxConfig {
+        epoch_tick: config.host.epoch_tick,
+        pooling: config.host.pooling,
+        max_instances: args.concurrency.saturating_mul(2).saturating_add(8),
+        max_memory: config.max_memory(),
+    })?;
+    let path = config.host.plugins_dir.join(format!("{kind}.wasm"));
+    let plugin = sandbox
+        .load(kind, &path, limits)
+        .with_context(|| format!("loading {}", path.display()))?;
+    Ok((sandbox, plugin))
+}
+
+/// A claimed job for runs that bypass the store.
+fn bench_job(kind: &str, payload: &str) -> ClaimedJob {
+    let now = SystemClock.now();
+    ClaimedJob {
+        id: 0,
+        kind: kind.into(),
+        queue: crate::job::DEFAULT_QUEUE.into(),
+        payload: payload.into(),
+        idempotency_key: "bench".into(),
+        priority: 0,
+        attempt: 1,
+        max_attempts: 1,
+        epoch: 1,
+        run_at: now,
+        attempted_at: now,
+        lease_expires_at: now,
+    }
 }
 
 /// Enqueue one job at a time into an idle host; enqueue → start.

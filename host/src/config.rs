@@ -190,6 +190,8 @@ impl Config {
         )?;
         let mut plugins = BTreeMap::new();
         for (kind, p) in raw.plugins.unwrap_or_default() {
+            crate::plugins::validate_kind(&kind)
+                .map_err(|e| anyhow::anyhow!("plugins.{kind}: {e}"))?;
             let settings = overlay(&format!("plugins.{kind}"), &defaults, p, host.concurrency)?;
             plugins.insert(kind, settings);
         }
@@ -251,6 +253,12 @@ fn overlay(
     }
     if let Some(d) = &raw.backoff_max {
         s.retry.max = duration(&format!("{prefix}.backoff_max"), d)?;
+    }
+    if s.retry.max < s.retry.base {
+        bail!(
+            "{prefix}.backoff_max: must not be less than backoff_base ({})",
+            humantime::format_duration(s.retry.base)
+        );
     }
     if let Some(j) = raw.backoff_jitter {
         if !(0.0..=1.0).contains(&j) {

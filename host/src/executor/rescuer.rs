@@ -43,10 +43,20 @@ impl Host {
                 now,
             );
             let (id, epoch, next) = (lease.fence.id, lease.fence.epoch, transition.target_state());
-            if self.store.rescue(lease, transition, now).await? == Fenced::Applied {
-                rescued += 1;
-                Metrics::inc(&self.metrics.rescued);
-                tracing::warn!(job_id = id, epoch, next = %next, "rescued a job whose lease expired");
+            match self.store.rescue(lease, transition, now).await? {
+                Fenced::Applied => {
+                    rescued += 1;
+                    Metrics::inc(&self.metrics.rescued);
+                    tracing::warn!(job_id = id, epoch, next = %next, "rescued a job whose lease expired");
+                }
+                // Its worker renewed or finished in the meantime.
+                Fenced::FencedOut => {
+                    tracing::debug!(
+                        job_id = id,
+                        epoch,
+                        "expired lease was renewed or finished before the rescue"
+                    );
+                }
             }
         }
         Ok(rescued)

@@ -10,12 +10,14 @@ use wasmtime::ResourceLimiter;
 ///
 /// - `fuel`: wasmtime fuel (roughly one unit per wasm instruction). Running
 ///   out traps the guest with `out_of_fuel`.
-/// - `timeout`: wall-clock time from instantiation. Enforced by epoch
+/// - `timeout`: wall-clock time from the start of the attempt (just before
+///   instantiation). Enforced by epoch
 ///   interruption (so a guest spinning with no host calls stops) and by an
 ///   outer timer (so a guest parked in a host call stops); the outcome is
 ///   `timeout`.
 /// - `memory`: total linear memory across all of the instance's memories.
-///   A grow past it fails, and the attempt's outcome is `memory_limit`.
+///   A grow past it fails; if the guest then traps (as a Rust guest's
+///   allocator does), the attempt's outcome is `memory_limit`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Limits {
     pub fuel: u64,

@@ -223,7 +223,10 @@ impl Plugin {
     pub async fn run(&self, job: &ClaimedJob, cancel: impl Future<Output = ()>) -> RunReport {
         let started = Instant::now();
         let deadline = started + self.limits.timeout;
-        let deadline_ms = job.attempted_at.plus(self.limits.timeout).0.max(0) as u64;
+        let deadline_ms = crate::time::Clock::now(&crate::time::SystemClock)
+            .plus(self.limits.timeout)
+            .0
+            .max(0) as u64;
 
         let state = HostState::new(
             MemoryLimiter::new(self.limits.memory),

@@ -288,16 +288,27 @@ fn run_group(conn: &Connection, batch: &mut Vec<WriteOp>) {
         return;
     }
     let mut replies = Vec::with_capacity(batch.len());
-    for op in batch.drain(..) {
-        let savepoint = conn.execute_batch("SAVEPOINT cmd");
-        let (failed, reply) = op(Ok(conn));
-        if savepoint.is_ok() {
-            if failed {
-                let _ = conn.execute_batch("ROLLBACK TO cmd");
-            }
-            let _ = conn.execute_batch("RELEASE cmd");
+    let mut ops = batch.drain(..);
+    for op in ops.by_ref() {
+        // A command runs only inside its savepoint, so that its failure can
+        // be undone exactly; if the savepoint machinery itself fails, the
+        // whole group is abandoned.
+        if let Err(e) = conn.execute_batch("SAVEPOINT cmd") {
+            let err = StoreError::from(e);
+            let (_, reply) = op(Err(&err));
+            replies.push(reply);
+            return abandon(conn, replies, ops, err);
         }
+        let (failed, reply) = op(Ok(conn));
         replies.push(reply);
+        let undo = if failed {
+            conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd")
+        } else {
+            conn.execute_batch("RELEASE cmd")
+        };
+        if let Err(e) = undo {
+            return abandon(conn, replies, ops, StoreError::from(e));
+        }
     }
     let commit = conn.execute_batch("COMMIT").err().map(StoreError::from);
     if commit.is_some() {
@@ -305,6 +316,24 @@ fn run_group(conn: &Connection, batch: &mut Vec<WriteOp>) {
     }
     for reply in replies {
         reply(commit.as_ref());
+    }
+}
+
+/// Rolls the open transaction back and answers every command of the group
+/// (those that ran and those that did not) with `err`.
+fn abandon(
+    conn: &Connection,
+    replies: Vec<Reply>,
+    rest: impl Iterator<Item = WriteOp>,
+    err: StoreError,
+) {
+    let _ = conn.execute_batch("ROLLBACK");
+    for reply in replies {
+        reply(Some(&err));
+    }
+    for op in rest {
+        let (_, reply) = op(Err(&err));
+        reply(None);
     }
 }
 

@@ -232,11 +232,16 @@ pub(super) fn cancel_job(conn: &Connection, id: JobId, now: Timestamp) -> Result
             expected: "available, retryable or running",
         });
     }
-    // We hold the write lock, so the epoch just read is still current.
+    // We hold the write lock, so the epoch just read is still current; the
+    // fence is checked all the same.
     let changed = conn
         .prepare_cached(sql::CANCEL_RUNNING)?
         .execute(params![id, epoch, now.0])?;
-    debug_assert_eq!(changed, 1);
+    if changed == 0 {
+        return Err(StoreError::Backend(format!(
+            "job {id} changed while being cancelled; try again"
+        )));
+    }
     let record = AttemptRecord {
         attempt,
         outcome: AttemptOutcome::Cancelled,

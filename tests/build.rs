@@ -25,6 +25,8 @@ const GUEST_TARGET: &str = "wasm32-wasip2";
 const ARTIFACTS: &[(&str, &str)] = &[
     ("echo", "echo.wasm"),
     ("invoice", "invoice.wasm"),
+    ("ledger-credit", "ledger_credit.wasm"),
+    ("webhook-notify", "webhook_notify.wasm"),
     ("spin", "spin.wasm"),
     ("hog", "hog.wasm"),
     ("trap", "trap.wasm"),
@@ -32,6 +34,10 @@ const ARTIFACTS: &[(&str, &str)] = &[
     ("slow-effect", "slow_effect.wasm"),
     ("sleepy", "sleepy.wasm"),
     ("not-a-plugin", "not-a-plugin.wasm"),
+    ("kv-counter", "kv_counter.wasm"),
+    ("kv-stall", "kv_stall.wasm"),
+    ("emit", "emit.wasm"),
+    ("http-call", "http_call.wasm"),
 ];
 
 fn main() {

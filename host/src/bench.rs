@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::executor::Host;
 use crate::job::{AttemptOutcome, AttemptRecord, ClaimedJob, Finish, NewJob, Transition};
-use crate::sandbox::{Limits, Plugin, Sandbox, SandboxConfig};
+use crate::sandbox::{Limits, Plugin, RunContext, Sandbox, SandboxConfig};
 use crate::store::sqlite::{SqliteStore, Synchronous};
 use crate::store::{ClaimRequest, Store};
 use crate::time::{Clock, SystemClock, Timestamp};
@@ -334,7 +334,9 @@ async fn runaway(
         tasks.spawn(async move {
             let mut overshoots = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < n {
-                let report = plugin.run(&job, std::future::pending()).await;
+                let report = plugin
+                    .run(&job, &RunContext::default(), std::future::pending())
+                    .await;
                 if !matches!(report.result, Err(crate::sandbox::RunError::Timeout(_))) {
                     bail!("runaway: expected a timeout, got {:?}", report.result);
                 }
@@ -449,6 +451,7 @@ fn complete(job: &ClaimedJob, now: Timestamp) -> Finish {
         transition: Transition::Complete {
             output: job.payload.clone(),
         },
+        effects: Default::default(),
     }
 }
 
@@ -467,7 +470,9 @@ async fn sandbox_floor(config: &Config, args: &BenchArgs, payload: &str) -> anyh
         tasks.spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < n {
                 job.id += 1;
-                let report = plugin.run(&job, std::future::pending()).await;
+                let report = plugin
+                    .run(&job, &RunContext::default(), std::future::pending())
+                    .await;
                 if let Err(e) = report.result {
                     bail!("sandbox floor: plugin failed: {e}");
                 }

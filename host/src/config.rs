@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use crate::sandbox::Limits;
+use crate::outbox::OutboxConfig;
+use crate::sandbox::{DEFAULT_HTTP_MAX_RESPONSE, Grants, HttpRule, Limits};
 use crate::store::sqlite::{SqliteOptions, Synchronous};
 
 /// The validated configuration.
@@ -23,6 +24,8 @@ pub struct Config {
     pub defaults: PluginSettings,
     /// Per-kind settings, defaults already applied.
     pub plugins: BTreeMap<String, PluginSettings>,
+    /// The outbox relay and its sinks.
+    pub outbox: OutboxConfig,
 }
 
 /// Settings of the host process.
@@ -58,6 +61,8 @@ pub struct PluginSettings {
     /// Attempts of this kind in flight at once (never more than the host's).
     pub concurrency: u32,
     pub retry: RetryPolicy,
+    /// Capabilities beyond plain WASI; none by default.
+    pub grants: Grants,
 }
 
 /// Backoff between attempts: `min(max, base * 2^(attempt-1))` plus up to
@@ -177,22 +182,38 @@ impl Config {
             bail!("host.lease: must be at least 300ms (it is renewed every lease/3)");
         }
 
+        let outbox = outbox_config(raw.outbox.unwrap_or_default())?;
         let builtin = PluginSettings {
             limits: Limits::default(),
             concurrency: host.concurrency,
             retry: RetryPolicy::default(),
+            grants: Grants {
+                http_max_response: DEFAULT_HTTP_MAX_RESPONSE,
+                ..Grants::default()
+            },
         };
+        let raw_defaults = raw.defaults.unwrap_or_default();
+        if raw_defaults.kv.is_some()
+            || raw_defaults.outbox_topics.is_some()
+            || raw_defaults.http_allow.is_some()
+        {
+            bail!(
+                "defaults: capabilities (kv, outbox_topics, http_allow) are granted per plugin, in [plugins.<kind>]"
+            );
+        }
         let defaults = overlay(
             "defaults",
             &builtin,
-            raw.defaults.unwrap_or_default(),
+            raw_defaults,
             host.concurrency,
+            &outbox,
         )?;
         let mut plugins = BTreeMap::new();
         for (kind, p) in raw.plugins.unwrap_or_default() {
             crate::plugins::validate_kind(&kind)
                 .map_err(|e| anyhow::anyhow!("plugins.{kind}: {e}"))?;
-            let settings = overlay(&format!("plugins.{kind}"), &defaults, p, host.concurrency)?;
+            let prefix = format!("plugins.{kind}");
+            let settings = overlay(&prefix, &defaults, p, host.concurrency, &outbox)?;
             plugins.insert(kind, settings);
         }
         Ok(Config {
@@ -200,6 +221,7 @@ impl Config {
             host,
             defaults,
             plugins,
+            outbox,
         })
     }
 
@@ -219,13 +241,72 @@ impl Config {
     }
 }
 
+fn outbox_config(raw: RawOutbox) -> anyhow::Result<OutboxConfig> {
+    let mut o = OutboxConfig::default();
+    if let Some(n) = raw.max_pending {
+        o.max_pending = positive_u64("outbox.max_pending", n)?;
+    }
+    o.poll_interval = opt_duration("outbox.poll_interval", &raw.poll_interval, o.poll_interval)?;
+    if o.poll_interval.is_zero() {
+        bail!("outbox.poll_interval: must be greater than zero");
+    }
+    if let Some(n) = raw.batch {
+        o.batch = positive("outbox.batch", n)?;
+    }
+    o.request_timeout = opt_duration(
+        "outbox.request_timeout",
+        &raw.request_timeout,
+        o.request_timeout,
+    )?;
+    if let Some(n) = raw.max_attempts {
+        o.retry.max_attempts = positive("outbox.max_attempts", n)?;
+    }
+    o.retry.base = opt_duration("outbox.backoff_base", &raw.backoff_base, o.retry.base)?;
+    o.retry.max = opt_duration("outbox.backoff_max", &raw.backoff_max, o.retry.max)?;
+    if o.retry.max < o.retry.base {
+        bail!("outbox.backoff_max: must not be less than backoff_base");
+    }
+    if let Some(j) = raw.backoff_jitter {
+        if !(0.0..=1.0).contains(&j) {
+            bail!("outbox.backoff_jitter: must be between 0 and 1, got {j}");
+        }
+        o.retry.jitter = j;
+    }
+    for (topic, sink) in raw.sinks.unwrap_or_default() {
+        let key = format!("outbox.sinks.{topic}.url");
+        HttpRule::parse(&sink.url, None).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+        o.sinks.insert(topic, sink.url);
+    }
+    Ok(o)
+}
+
 fn overlay(
     prefix: &str,
     base: &PluginSettings,
     raw: RawPlugin,
     host_concurrency: u32,
+    outbox: &OutboxConfig,
 ) -> anyhow::Result<PluginSettings> {
     let mut s = base.clone();
+    if let Some(kv) = raw.kv {
+        s.grants.kv = kv;
+    }
+    for topic in raw.outbox_topics.unwrap_or_default() {
+        let Some(url) = outbox.sinks.get(&topic) else {
+            bail!(
+                "{prefix}.outbox_topics: no sink for topic {topic:?} (add [outbox.sinks.{topic}] with a url)"
+            );
+        };
+        s.grants.outbox_topics.insert(topic, url.clone());
+    }
+    for (i, rule) in raw.http_allow.unwrap_or_default().into_iter().enumerate() {
+        let parsed = HttpRule::parse(&rule.url, rule.methods)
+            .map_err(|e| anyhow::anyhow!("{prefix}.http_allow[{i}]: {e}"))?;
+        s.grants.http.push(parsed);
+    }
+    if let Some(m) = &raw.http_max_response {
+        s.grants.http_max_response = m.bytes(&format!("{prefix}.http_max_response"))?;
+    }
     if let Some(fuel) = raw.fuel {
         s.limits.fuel = positive_u64(&format!("{prefix}.fuel"), fuel)?;
     }
@@ -277,6 +358,35 @@ pub struct RawConfig {
     pub host: Option<RawHost>,
     pub defaults: Option<RawPlugin>,
     pub plugins: Option<BTreeMap<String, RawPlugin>>,
+    pub outbox: Option<RawOutbox>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutbox {
+    pub max_pending: Option<u64>,
+    pub poll_interval: Option<String>,
+    pub batch: Option<u32>,
+    pub request_timeout: Option<String>,
+    pub max_attempts: Option<u32>,
+    pub backoff_base: Option<String>,
+    pub backoff_max: Option<String>,
+    pub backoff_jitter: Option<f64>,
+    pub sinks: Option<BTreeMap<String, RawSink>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    pub url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpRule {
+    /// `scheme://host[:port]`; a path is ignored.
+    pub url: String,
+    pub methods: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -312,6 +422,10 @@ pub struct RawPlugin {
     pub backoff_base: Option<String>,
     pub backoff_max: Option<String>,
     pub backoff_jitter: Option<f64>,
+    pub kv: Option<bool>,
+    pub outbox_topics: Option<Vec<String>>,
+    pub http_allow: Option<Vec<RawHttpRule>>,
+    pub http_max_response: Option<RawSize>,
 }
 
 /// A size: bytes as an integer, or a string such as `"64MiB"`.

@@ -198,6 +198,9 @@ pub struct NewJob {
     pub run_at: Option<Timestamp>,
     /// `None` takes the kind's configured `max_attempts`.
     pub max_attempts: Option<u32>,
+    /// Where to deliver the job's result when it ends (completed or
+    /// discarded), through the outbox.
+    pub callback_url: Option<String>,
 }
 
 /// `max_attempts` when neither the job nor the configuration says.
@@ -218,6 +221,7 @@ impl NewJob {
             priority: 0,
             run_at: None,
             max_attempts: None,
+            callback_url: None,
         })
     }
 }
@@ -320,6 +324,49 @@ pub struct Finish {
     pub fence: Fence,
     pub attempt: AttemptRecord,
     pub transition: Transition,
+    /// The attempt's side effects, committed with a `Complete` transition
+    /// and only then. Empty for every other transition.
+    pub effects: Effects,
+}
+
+/// The buffered side effects of one attempt.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// The kv namespace (the plugin's kind).
+    pub namespace: String,
+    /// Every key the attempt read from the store, with the version it saw
+    /// (`None`: no row). At commit each must still be at that version, or
+    /// nothing commits ([`crate::store::StoreError::KvConflict`]).
+    pub kv_reads: Vec<(String, Option<i64>)>,
+    /// The final buffered value of every key written (`None`: deleted).
+    pub kv_writes: Vec<(String, Option<Vec<u8>>)>,
+    /// Outbox events, in emit order.
+    pub events: Vec<NewEvent>,
+}
+
+impl Effects {
+    pub fn is_empty(&self) -> bool {
+        self.kv_reads.is_empty() && self.kv_writes.is_empty() && self.events.is_empty()
+    }
+}
+
+/// An outbox event as committed: everything about its delivery is fixed
+/// here, so every delivery attempt sends the same bytes under the same key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEvent {
+    pub topic: String,
+    pub url: String,
+    pub body: Vec<u8>,
+    pub idempotency_key: String,
+}
+
+/// A kv entry as the store holds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvEntry {
+    /// `None`: absent (never written, or deleted).
+    pub value: Option<Vec<u8>>,
+    /// Rises on every write, deletes included; `None`: never written.
+    pub version: Option<i64>,
 }
 
 /// Whether a fenced write was applied.

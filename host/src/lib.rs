@@ -14,6 +14,7 @@
 //! - [`config`]: raw TOML and the validated [`config::Config`].
 //! - [`time`]: milliseconds since the epoch and the injectable clock.
 //! - [`metrics`]: counters the host keeps about itself.
+//! - [`outbox`]: outbox events, their delivery states and the backlog cap.
 //! - [`cli`]: the `jobbox` command line; `main.rs` only calls into it.
 //! - [`bench`]: `jobbox bench`, the end-to-end benchmark and its floors.
 
@@ -23,6 +24,7 @@ pub mod config;
 pub mod executor;
 pub mod job;
 pub mod metrics;
+pub mod outbox;
 pub mod plugins;
 pub mod sandbox;
 pub mod store;

@@ -20,11 +20,37 @@ pub struct Metrics {
     pub store_errors: AtomicU64,
     /// Plugin log lines dropped over the per-attempt quota.
     pub logs_dropped: AtomicU64,
+    /// Completions refused because a key they read had changed.
+    pub kv_conflicts: AtomicU64,
+    /// Relay iterations that had events to deliver.
+    pub relay_iterations: AtomicU64,
+    /// Iterations in which every due event failed.
+    pub relay_failed_iterations: AtomicU64,
+    /// Iterations in which some, not all, due events failed.
+    pub relay_partial_iterations: AtomicU64,
+    pub events_delivered: AtomicU64,
+    pub events_retried: AtomicU64,
+    /// Events that failed for good (refused, or attempts used up).
+    pub events_failed: AtomicU64,
+    /// The most recent relay iteration with events, for health checks.
+    last_relay: Mutex<Option<RelaySummary>>,
     outcomes: [AtomicU64; AttemptOutcome::ALL.len()],
     /// When an attempt last wrote its outcome (ms since epoch; 0 = never).
     last_progress: AtomicI64,
     /// Per-attempt timings, kept only when a benchmark asks for them.
     samples: Mutex<Option<Vec<AttemptSample>>>,
+}
+
+/// What one relay iteration did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RelaySummary {
+    pub at: Timestamp,
+    pub due: u32,
+    pub delivered: u32,
+    pub retried: u32,
+    pub failed: u32,
+    /// `ok`, `partial` (some failed) or `failed` (all failed).
+    pub outcome: &'static str,
 }
 
 /// Timings of one attempt whose outcome was written.
@@ -65,6 +91,10 @@ impl Metrics {
         }
     }
 
+    pub fn record_relay(&self, summary: RelaySummary) {
+        *self.last_relay.lock().unwrap_or_else(|p| p.into_inner()) = Some(summary);
+    }
+
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -81,6 +111,18 @@ impl Metrics {
             rescued: load(&self.rescued),
             store_errors: load(&self.store_errors),
             logs_dropped: load(&self.logs_dropped),
+            kv_conflicts: load(&self.kv_conflicts),
+            relay_iterations: load(&self.relay_iterations),
+            relay_failed_iterations: load(&self.relay_failed_iterations),
+            relay_partial_iterations: load(&self.relay_partial_iterations),
+            events_delivered: load(&self.events_delivered),
+            events_retried: load(&self.events_retried),
+            events_failed: load(&self.events_failed),
+            last_relay: self
+                .last_relay
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             outcomes: AttemptOutcome::ALL
                 .iter()
                 .map(|o| (o.as_str(), self.outcome(*o)))
@@ -101,6 +143,14 @@ pub struct MetricsSnapshot {
     pub rescued: u64,
     pub store_errors: u64,
     pub logs_dropped: u64,
+    pub kv_conflicts: u64,
+    pub relay_iterations: u64,
+    pub relay_failed_iterations: u64,
+    pub relay_partial_iterations: u64,
+    pub events_delivered: u64,
+    pub events_retried: u64,
+    pub events_failed: u64,
+    pub last_relay: Option<RelaySummary>,
     pub outcomes: std::collections::BTreeMap<&'static str, u64>,
     pub last_progress: Option<Timestamp>,
 }

@@ -92,7 +92,7 @@ fn load_one(
     validate_kind(&kind).map_err(|e| format!("{}: {e}", path.display()))?;
     let settings = config.plugin(&kind).clone();
     let plugin = sandbox
-        .load(&kind, path, settings.limits)
+        .load_with_grants(&kind, path, settings.limits, settings.grants.clone())
         .map_err(|e| format!("{}: {e:#}", path.display()))?;
     Ok((
         kind,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use jobbox::job::{AttemptOutcome, ClaimedJob, JobState};
-use jobbox::sandbox::{Limits, Plugin, RunError, Sandbox, SandboxConfig};
+use jobbox::sandbox::{Limits, Plugin, RunContext, RunError, Sandbox, SandboxConfig};
 use jobbox::time::Timestamp;
 
 use crate::support::{Harness, job};
@@ -51,7 +51,11 @@ async fn a_tight_loop_is_stopped_by_the_wall_clock_deadline() {
     let spin = load(&sb, "spin", limits(LOTS_OF_FUEL, 300, 64 << 20));
     for _ in 0..3 {
         let report = spin
-            .run(&claimed("spin", "{}"), std::future::pending())
+            .run(
+                &claimed("spin", "{}"),
+                &RunContext::default(),
+                std::future::pending(),
+            )
             .await;
         assert_eq!(
             report.result,
@@ -72,7 +76,11 @@ async fn a_tight_loop_is_stopped_by_fuel_when_fuel_is_the_smaller_limit() {
     let sb = sandbox();
     let spin = load(&sb, "spin", limits(20_000_000, 30_000, 64 << 20));
     let report = spin
-        .run(&claimed("spin", "{}"), std::future::pending())
+        .run(
+            &claimed("spin", "{}"),
+            &RunContext::default(),
+            std::future::pending(),
+        )
         .await;
     assert_eq!(report.result, Err(RunError::OutOfFuel(20_000_000)));
     assert_eq!(report.fuel_used, 20_000_000);
@@ -90,6 +98,7 @@ async fn a_guest_parked_in_a_host_call_is_stopped_at_the_deadline() {
     let report = sleepy
         .run(
             &claimed("sleepy", r#"{"ms": 5000}"#),
+            &RunContext::default(),
             std::future::pending(),
         )
         .await;
@@ -105,7 +114,11 @@ async fn a_guest_parked_in_a_host_call_is_stopped_at_the_deadline() {
 
     // Within its deadline the same plugin completes.
     let report = sleepy
-        .run(&claimed("sleepy", r#"{"ms": 20}"#), std::future::pending())
+        .run(
+            &claimed("sleepy", r#"{"ms": 20}"#),
+            &RunContext::default(),
+            std::future::pending(),
+        )
         .await;
     assert_eq!(report.result.unwrap(), r#"{"slept":20}"#);
 }
@@ -118,6 +131,7 @@ async fn memory_just_under_the_limit_works_and_over_it_fails() {
     let under = hog
         .run(
             &claimed("hog", r#"{"bytes": 12582912}"#),
+            &RunContext::default(),
             std::future::pending(),
         )
         .await;
@@ -125,11 +139,18 @@ async fn memory_just_under_the_limit_works_and_over_it_fails() {
     let over = hog
         .run(
             &claimed("hog", r#"{"bytes": 20971520}"#),
+            &RunContext::default(),
             std::future::pending(),
         )
         .await;
     assert_eq!(over.result, Err(RunError::MemoryLimit(limit)));
-    let unbounded = hog.run(&claimed("hog", "{}"), std::future::pending()).await;
+    let unbounded = hog
+        .run(
+            &claimed("hog", "{}"),
+            &RunContext::default(),
+            std::future::pending(),
+        )
+        .await;
     assert_eq!(unbounded.result, Err(RunError::MemoryLimit(limit)));
 }
 
@@ -138,7 +159,11 @@ async fn a_trap_is_reported_as_a_trap() {
     let sb = sandbox();
     let trap = load(&sb, "trap", limits(LOTS_OF_FUEL, 10_000, 64 << 20));
     let report = trap
-        .run(&claimed("trap", "{}"), std::future::pending())
+        .run(
+            &claimed("trap", "{}"),
+            &RunContext::default(),
+            std::future::pending(),
+        )
         .await;
     match report.result {
         Err(RunError::Trap(msg)) => assert!(msg.contains("unreachable"), "{msg}"),
@@ -154,6 +179,7 @@ async fn cancellation_stops_a_running_guest_at_once() {
     let report = spin
         .run(
             &claimed("spin", "{}"),
+            &RunContext::default(),
             tokio::time::sleep(Duration::from_millis(100)),
         )
         .await;

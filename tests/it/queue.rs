@@ -37,6 +37,7 @@ fn complete(job: &ClaimedJob, output: &str, now: Timestamp) -> Finish {
         transition: Transition::Complete {
             output: output.into(),
         },
+        effects: Default::default(),
     }
 }
 

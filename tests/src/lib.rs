@@ -11,10 +11,12 @@
 //! // ... configure the host with `plugins.path()` as its plugins directory.
 //! ```
 //!
-//! The kinds built are the examples `echo` and `invoice`, and the test
-//! plugins `spin`, `hog`, `trap`, `fail`, `slow-effect`, `sleepy` and
-//! `not-a-plugin` (a WASI command that is not a plugin). Each crate's
-//! documentation in `plugins/` says what its plugin does.
+//! The kinds built are the examples `echo`, `invoice`, `ledger-credit` (kv
+//! and outbox) and `webhook-notify` (`wasi:http`), and the test plugins
+//! `spin`, `hog`, `trap`, `fail`, `slow-effect`, `sleepy`, `not-a-plugin` (a
+//! WASI command that is not a plugin), `kv-counter`, `kv-stall` (kv), `emit`
+//! (outbox) and `http-call` (`wasi:http`). Each crate's documentation in
+//! `plugins/` says what its plugin does and what its payload is.
 
 use std::fs;
 use std::path::Path;

@@ -2,6 +2,7 @@
 //! [`main`], which returns an error to print as one line.
 
 mod jobs;
+mod outbox;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,6 +54,9 @@ pub enum Command {
     /// Inspect plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Inspect outbox events and their delivery.
+    #[command(subcommand)]
+    Outbox(outbox::OutboxCommand),
     /// Measure throughput and latency on a fresh temporary database.
     Bench(crate::bench::BenchArgs),
 }
@@ -82,6 +86,9 @@ pub struct EnqueueArgs {
     /// Attempts before the job is discarded (default: the kind's config).
     #[arg(long)]
     pub max_attempts: Option<u32>,
+    /// POST the job's result here when it completes or is discarded.
+    #[arg(long, value_name = "URL")]
+    pub callback: Option<String>,
     /// Print `{"id": ..., "created": ...}`.
     #[arg(long)]
     pub json: bool,
@@ -105,6 +112,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Enqueue(args) => enqueue(&config, args).await,
         Command::Jobs(cmd) => jobs::main(&config, cmd).await,
         Command::Plugins(PluginsCommand::List { json }) => plugins_list(&config, json),
+        Command::Outbox(cmd) => outbox::main(&config, cmd).await,
         Command::Bench(args) => crate::bench::main(&config, args).await,
     }
 }
@@ -169,6 +177,10 @@ async fn enqueue(config: &Config, args: EnqueueArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    if let Some(url) = &args.callback {
+        crate::sandbox::HttpRule::parse(url, None)
+            .map_err(|e| anyhow::anyhow!("--callback: {e}"))?;
+    }
     let plugin_file = config.host.plugins_dir.join(format!("{}.wasm", args.kind));
     if !plugin_file.is_file() {
         eprintln!(
@@ -188,6 +200,7 @@ async fn enqueue(config: &Config, args: EnqueueArgs) -> anyhow::Result<()> {
             args.max_attempts
                 .unwrap_or(config.plugin(&args.kind).retry.max_attempts),
         ),
+        callback_url: args.callback,
     };
     let store = open_store(config)?;
     let result = store.enqueue(vec![job], now).await;

@@ -49,7 +49,7 @@ impl Host {
             }
         };
         let report = match self.registry.get(&job.kind) {
-            Some(p) => p.plugin.run(&job, cancelled).await,
+            Some(p) => p.plugin.run(&job, &self.run_ctx, cancelled).await,
             None => RunReport {
                 result: Err(RunError::Retryable {
                     message: format!(
@@ -63,6 +63,7 @@ impl Host {
                 fuel_used: 0,
                 elapsed: Duration::ZERO,
                 logs_dropped: 0,
+                effects: Default::default(),
             },
         };
         if report.logs_dropped > 0 {
@@ -108,7 +109,7 @@ impl Host {
             Err(RunError::Cancelled) => Some("host shut down during the attempt".to_owned()),
             Err(e) => Some(e.to_string()),
         };
-        let finish = Finish {
+        let mut finish = Finish {
             fence: job.fence(),
             attempt: AttemptRecord {
                 attempt: job.attempt,
@@ -119,9 +120,35 @@ impl Host {
                 ended_at: now,
             },
             transition,
+            effects: report.effects,
         };
+        let events = finish.effects.events.len() as u64;
+        let mut written = self.write_back(finish.clone()).await;
+        let mut outcome = outcome;
+        if let Err(StoreError::KvConflict { key }) = &written {
+            // Another job changed a key this attempt read: nothing of the
+            // completion was written. Retry the job, without its effects.
+            Metrics::inc(&self.metrics.kv_conflicts);
+            let error = format!("kv conflict: key {key:?} changed during the attempt");
+            tracing::warn!(job_id = job.id, epoch = job.epoch, "{error}; retrying");
+            outcome = AttemptOutcome::RetryableError;
+            finish.attempt.outcome = outcome;
+            finish.attempt.error = Some(error.clone());
+            finish.transition = self.settings(&job.kind).retry.after_failure(
+                job.attempt,
+                job.max_attempts,
+                error,
+                None,
+                now,
+            );
+            finish.effects = Default::default();
+            written = self.write_back(finish.clone()).await;
+        } else if matches!(written, Ok(Fenced::Applied)) && events > 0 {
+            self.backlog.add(events);
+            self.relay_wake.notify_one();
+        }
         let next = finish.transition.target_state();
-        match self.write_back(finish).await {
+        match written {
             Ok(Fenced::Applied) => {
                 self.metrics.record_outcome(outcome, now);
                 self.metrics.record_sample(|| AttemptSample {
@@ -167,8 +194,7 @@ impl Host {
         loop {
             match self.store.finish(finish.clone()).await {
                 Ok(r) => return Ok(r),
-                Err(StoreError::Closed) => return Err(StoreError::Closed),
-                Err(e) => {
+                Err(e @ StoreError::Backend(_)) => {
                     Metrics::inc(&self.metrics.store_errors);
                     if tokio::time::Instant::now() + delay > give_up {
                         return Err(e);
@@ -177,6 +203,9 @@ impl Host {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(1));
                 }
+                // Closed, or an answer about the write itself (a conflict):
+                // trying again would not change it.
+                Err(e) => return Err(e),
             }
         }
     }

@@ -11,10 +11,12 @@
 //! - the **lease keeper** ([`lease`]) renews the leases of attempts in
 //!   flight, and cancels an attempt whose job was taken from it;
 //! - the **rescuer** ([`rescuer`]) takes back jobs whose lease expired
-//!   because their worker died or hung.
+//!   because their worker died or hung;
+//! - the **relay** ([`relay`]) delivers committed outbox events.
 
 mod attempt;
 mod lease;
+mod relay;
 mod rescuer;
 mod retry;
 
@@ -28,10 +30,12 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, PluginSettings};
+use crate::job::KvEntry;
 use crate::job::{ClaimedJob, Enqueued, Fence, JobId, NewJob};
 use crate::metrics::Metrics;
+use crate::outbox::Backlog;
 use crate::plugins::PluginRegistry;
-use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::sandbox::{KvFuture, KvSource, RunContext, Sandbox, SandboxConfig};
 use crate::store::{ClaimRequest, Store, StoreError};
 use crate::time::Clock;
 
@@ -60,6 +64,12 @@ pub struct Host {
     /// Attempts in flight. A std mutex: held only for map updates, never
     /// across an await.
     inflight: Mutex<InFlight>,
+    /// What attempts' kv and outbox imports reach.
+    run_ctx: RunContext,
+    /// Events awaiting delivery, against `outbox.max_pending`.
+    backlog: Arc<Backlog>,
+    /// Woken when a completion commits events.
+    relay_wake: Notify,
     /// Declared last so that it drops after the plugins: it owns the
     /// epoch ticker.
     sandbox: Sandbox,
@@ -107,6 +117,11 @@ impl Host {
         })
         .context("configuring the wasm engine")?;
         let registry = PluginRegistry::load(&sandbox, &config);
+        let backlog = Arc::new(Backlog::new(config.outbox.max_pending));
+        let run_ctx = RunContext {
+            kv: Some(Arc::new(StoreKv(Arc::clone(&store))) as Arc<dyn KvSource>),
+            backlog: Some(Arc::clone(&backlog)),
+        };
         Ok(Host {
             config,
             store,
@@ -115,6 +130,9 @@ impl Host {
             metrics: Metrics::default(),
             wake: Notify::new(),
             inflight: Mutex::new(InFlight::default()),
+            run_ctx,
+            backlog,
+            relay_wake: Notify::new(),
             sandbox,
         })
     }
@@ -173,7 +191,8 @@ impl Host {
     pub async fn run(self: &Arc<Self>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let keeper = tokio::spawn(Arc::clone(self).lease_keeper(stop_rx.clone()));
-        let rescuer = tokio::spawn(Arc::clone(self).rescuer(stop_rx));
+        let rescuer = tokio::spawn(Arc::clone(self).rescuer(stop_rx.clone()));
+        let relay = tokio::spawn(Arc::clone(self).relay(stop_rx));
         tracing::info!(
             worker = %self.config.host.worker_id,
             plugins = self.registry.loaded().count(),
@@ -234,6 +253,7 @@ impl Host {
         let _ = stop_tx.send(true);
         let _ = keeper.await;
         let _ = rescuer.await;
+        let _ = relay.await;
         tracing::info!("host stopped");
         Ok(())
     }
@@ -378,6 +398,34 @@ impl Host {
 
     fn lock_inflight(&self) -> std::sync::MutexGuard<'_, InFlight> {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The store as the sandbox's kv source.
+struct StoreKv(Arc<dyn Store>);
+
+impl KvSource for StoreKv {
+    fn get(&self, namespace: String, key: String) -> KvFuture<'_, KvEntry> {
+        Box::pin(async move {
+            self.0
+                .kv_get(namespace, key)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn list(
+        &self,
+        namespace: String,
+        prefix: String,
+        limit: u32,
+    ) -> KvFuture<'_, Vec<(String, KvEntry)>> {
+        Box::pin(async move {
+            self.0
+                .kv_list(namespace, prefix, limit)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
 

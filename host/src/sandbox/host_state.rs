@@ -4,8 +4,11 @@ use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::jobbox::plugin::{log, types};
+use super::effects::EffectsState;
+use super::http::HttpPolicy;
 use super::limits::MemoryLimiter;
 
 /// Messages longer than this are cut (on a character boundary).
@@ -20,6 +23,9 @@ pub(crate) struct HostState {
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) log: LogContext,
+    pub(crate) effects: EffectsState,
+    http: WasiHttpCtx,
+    http_policy: HttpPolicy,
 }
 
 /// Who is logging, so the host can tag each line.
@@ -33,7 +39,12 @@ pub(crate) struct LogContext {
 }
 
 impl HostState {
-    pub(crate) fn new(limiter: MemoryLimiter, log: LogContext) -> HostState {
+    pub(crate) fn new(
+        limiter: MemoryLimiter,
+        log: LogContext,
+        effects: EffectsState,
+        http_policy: HttpPolicy,
+    ) -> HostState {
         HostState {
             // Deny by default: no preopened directories, no environment, no
             // arguments, no network; stdin is empty and stdout/stderr are
@@ -42,6 +53,19 @@ impl HostState {
             table: ResourceTable::new(),
             limiter,
             log,
+            effects,
+            http: WasiHttpCtx::new(),
+            http_policy,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_policy,
         }
     }
 }

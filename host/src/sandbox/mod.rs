@@ -12,7 +12,10 @@
 //! [`ClaimedJob`](crate::job::ClaimedJob) and reports how the run ended.
 
 mod bindings;
+mod effects;
+mod grants;
 mod host_state;
+mod http;
 mod limits;
 
 use std::path::Path;
@@ -23,9 +26,15 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
-use crate::job::ClaimedJob;
+use crate::job::{ClaimedJob, Effects};
+use crate::outbox::Backlog;
 use bindings::PluginPre;
+use effects::EffectsState;
+pub use effects::{KvFuture, KvSource};
+pub use grants::{DEFAULT_HTTP_MAX_RESPONSE, Grants, HttpRule};
 use host_state::{HostState, LogContext};
+use http::HttpPolicy;
+pub use http::{IDEMPOTENCY_KEY, forbidden as forbidden_address};
 pub use limits::Limits;
 use limits::MemoryLimiter;
 
@@ -80,6 +89,25 @@ pub struct Plugin {
     name: Arc<str>,
     pre: PluginPre<HostState>,
     limits: Limits,
+    grants: Arc<Grants>,
+}
+
+/// The host services an attempt's imports reach. Both are optional: a plugin
+/// run in isolation (a benchmark floor, a plugin test) may have neither,
+/// and then kv calls answer `unavailable` and emits are not capped.
+#[derive(Clone, Default)]
+pub struct RunContext {
+    pub kv: Option<Arc<dyn KvSource>>,
+    pub backlog: Option<Arc<Backlog>>,
+}
+
+impl std::fmt::Debug for RunContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunContext")
+            .field("kv", &self.kv.is_some())
+            .field("backlog", &self.backlog)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for Plugin {
@@ -122,6 +150,9 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// Log lines the plugin emitted past its quota.
     pub logs_dropped: u32,
+    /// The attempt's buffered side effects (empty unless it returned an
+    /// output).
+    pub effects: Effects,
 }
 
 impl Sandbox {
@@ -154,6 +185,8 @@ impl Sandbox {
         let engine = Engine::new(&cfg).map_err(wasmtime_error)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wasmtime_error)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(wasmtime_error)?;
         bindings::Plugin::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(wasmtime_error)?;
         let ticker = Ticker::start(engine.clone(), config.epoch_tick);
@@ -168,11 +201,29 @@ impl Sandbox {
     /// `jobbox:plugin/plugin` world. The error names what is wrong.
     pub fn load(&self, name: &str, path: &Path, limits: Limits) -> anyhow::Result<Plugin> {
         let bytes = std::fs::read(path)?;
-        self.load_bytes(name, &bytes, limits)
+        self.load_bytes(name, &bytes, limits, Grants::default())
+    }
+
+    /// Like [`Sandbox::load`], with capabilities granted.
+    pub fn load_with_grants(
+        &self,
+        name: &str,
+        path: &Path,
+        limits: Limits,
+        grants: Grants,
+    ) -> anyhow::Result<Plugin> {
+        let bytes = std::fs::read(path)?;
+        self.load_bytes(name, &bytes, limits, grants)
     }
 
     /// Like [`Sandbox::load`], from the component's bytes.
-    pub fn load_bytes(&self, name: &str, bytes: &[u8], limits: Limits) -> anyhow::Result<Plugin> {
+    pub fn load_bytes(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        limits: Limits,
+        grants: Grants,
+    ) -> anyhow::Result<Plugin> {
         if !wasmparser_is_component(bytes) {
             anyhow::bail!("not a WebAssembly component (a core module or another file)");
         }
@@ -187,6 +238,7 @@ impl Sandbox {
             name: name.into(),
             pre,
             limits,
+            grants: Arc::new(grants),
         })
     }
 
@@ -217,10 +269,19 @@ impl Plugin {
         self.limits
     }
 
+    pub fn grants(&self) -> &Grants {
+        &self.grants
+    }
+
     /// Runs one attempt of `job` in a fresh instance. Returns when the guest
     /// returns, traps, exhausts a limit, or `cancel` resolves; in every case
     /// the instance and its store are gone by then.
-    pub async fn run(&self, job: &ClaimedJob, cancel: impl Future<Output = ()>) -> RunReport {
+    pub async fn run(
+        &self,
+        job: &ClaimedJob,
+        ctx: &RunContext,
+        cancel: impl Future<Output = ()>,
+    ) -> RunReport {
         let started = Instant::now();
         let deadline = started + self.limits.timeout;
         let deadline_ms = crate::time::Clock::now(&crate::time::SystemClock)
@@ -237,6 +298,19 @@ impl Plugin {
                 lines: 0,
                 dropped: 0,
             },
+            EffectsState::new(
+                Arc::clone(&self.name),
+                Arc::clone(&self.grants),
+                ctx.kv.clone(),
+                ctx.backlog.clone(),
+                job.id,
+                job.idempotency_key.clone(),
+            ),
+            HttpPolicy::new(
+                Arc::clone(&self.name),
+                Arc::clone(&self.grants),
+                job.idempotency_key.clone(),
+            ),
         );
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -304,18 +378,36 @@ impl Plugin {
 
     fn report(
         &self,
-        store: Store<HostState>,
+        mut store: Store<HostState>,
         started: Instant,
-        result: Result<String, RunError>,
+        mut result: Result<String, RunError>,
     ) -> RunReport {
         let fuel_left = store.get_fuel().unwrap_or(0);
-        let logs_dropped = store.data().log.dropped;
+        let state = store.data_mut();
+        let logs_dropped = state.log.dropped;
+        // An emit refused for a full backlog fails the attempt whatever the
+        // plugin made of it, so that no event is silently lost.
+        if result.is_ok()
+            && let Some(msg) = state.effects.backlog_refused.take()
+        {
+            result = Err(RunError::Retryable {
+                message: msg,
+                retry_after: None,
+            });
+        }
+        // Effects leave the sandbox only with an output to commit them with.
+        let effects = if result.is_ok() {
+            state.effects.take()
+        } else {
+            Effects::default()
+        };
         drop(store);
         RunReport {
             result,
             fuel_used: self.limits.fuel.saturating_sub(fuel_left),
             elapsed: started.elapsed(),
             logs_dropped,
+            effects,
         }
     }
 }

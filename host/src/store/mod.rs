@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use crate::job::{
     ClaimedJob, Enqueued, ExpiredLease, Fence, Fenced, Finish, JobFilter, JobId, JobRecord,
-    JobState, NewJob, Transition,
+    JobState, KvEntry, NewJob, Transition,
 };
+use crate::outbox::{ClaimedEvent, Delivery, EventRecord, EventState};
 use crate::time::Timestamp;
 
 /// The boxed future every store method returns, so that `dyn Store` works.
@@ -42,6 +43,14 @@ pub enum StoreError {
         "idempotency key {key:?} already belongs to job {existing} with a different kind or payload"
     )]
     KeyConflict { key: String, existing: JobId },
+    /// A key the attempt read changed before its completion committed:
+    /// nothing of the completion was written.
+    #[error("kv conflict: key {key:?} changed since the attempt read it")]
+    KvConflict { key: String },
+    #[error("outbox event {0} not found")]
+    EventNotFound(i64),
+    #[error("outbox event {id} is {state}: retry needs failed")]
+    EventNotFailed { id: i64, state: EventState },
     #[error("the store is shut down")]
     Closed,
     #[error("database: {0}")]
@@ -90,7 +99,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Applies one attempt's write-back (attempt row + transition) if the job
     /// is still running under `finish.fence`. Callers may submit many at
     /// once; each is fenced on its own, and the result is only returned once
-    /// it is durable.
+    /// it is durable. With a `Complete` transition the attempt's effects
+    /// commit in the same transaction: every kv read is checked (a changed
+    /// key fails the whole write-back with [`StoreError::KvConflict`]), kv
+    /// writes and outbox events are stored. A job with a callback URL gets
+    /// its callback event when it completes or is discarded.
     fn finish(&self, finish: Finish) -> StoreFuture<'_, Fenced>;
 
     /// Extends the leases of jobs still running under the given fences to
@@ -125,6 +138,50 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// How many jobs are in each state.
     fn counts(&self) -> StoreFuture<'_, StateCounts>;
+
+    /// A kv entry of `namespace`.
+    fn kv_get(&self, namespace: String, key: String) -> StoreFuture<'_, KvEntry>;
+
+    /// Live kv entries of `namespace` whose key starts with `prefix`, in key
+    /// order, at most `limit`.
+    fn kv_list(
+        &self,
+        namespace: String,
+        prefix: String,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<(String, KvEntry)>>;
+
+    /// Due pending events, at most `limit`, each leased to the caller until
+    /// `now + lease` and with its attempt count raised.
+    fn claim_events(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        lease: Duration,
+    ) -> StoreFuture<'_, Vec<ClaimedEvent>>;
+
+    /// Records a delivery attempt's outcome, fenced on the event still being
+    /// pending under the same attempt number.
+    fn record_delivery(
+        &self,
+        id: i64,
+        attempt: u32,
+        delivery: Delivery,
+        now: Timestamp,
+    ) -> StoreFuture<'_, Fenced>;
+
+    /// Events, newest first.
+    fn list_events(
+        &self,
+        state: Option<EventState>,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<EventRecord>>;
+
+    /// failed → pending, due now (operator action).
+    fn retry_event(&self, id: i64, now: Timestamp) -> StoreFuture<'_, ()>;
+
+    /// How many events await delivery.
+    fn pending_events(&self) -> StoreFuture<'_, u64>;
 
     /// Flushes pending writes and stops the store's background work.
     fn close(&self) -> StoreFuture<'_, ()>;

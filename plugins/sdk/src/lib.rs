@@ -35,12 +35,37 @@
 //! [`JobError::retry_after`]) for a failure worth retrying and
 //! [`JobError::permanent`] for one that can never succeed. A panic aborts the
 //! instance, which the host records as a trap with no message of the plugin's
-//! choosing, so prefer returning errors. Anything that must happen at most once should be keyed on
+//! choosing, so prefer returning errors. Anything that must happen at most
+//! once should be keyed on
 //! [`Job::idempotency_key`](Job#structfield.idempotency_key) and guarded with
 //! the [`Job::fencing_token`](Job#structfield.fencing_token).
 //!
-//! The optional `json` feature adds `Output::json`, which serialises a
-//! `serde_json::Value` as the output payload.
+//! # What the host offers
+//!
+//! - [`log`]: structured logging into the host's tracing.
+//! - [`kv`]: key-value state in a namespace of the plugin's own, granted per
+//!   plugin in the host's config. Writes are buffered and commit atomically
+//!   with the job's completion, and only if every key the attempt read is
+//!   unchanged, so a read-modify-write is never lost and a failed, timed-out
+//!   or stale attempt leaves no trace.
+//! - [`outbox`]: events that commit with the job's completion and that the
+//!   host then delivers at least once to the sink configured for their topic.
+//! - `http` (with the `http` feature): a blocking HTTP client over
+//!   `wasi:http/outgoing-handler`. The host denies every request that the
+//!   plugin's `http_allow` config does not allow.
+//!
+//! [`KvError`] and [`EmitError`] convert into a [`JobError`] with `?`: a
+//! store that is unavailable or an outbox backlog that is full is retryable,
+//! anything else (no grant, a value or payload the host refuses) permanent.
+//! A plugin that wants another policy matches on the error itself.
+//!
+//! # Features
+//!
+//! - `json` adds `Output::json` and `outbox::emit_json`, which serialise a
+//!   `serde_json::Value`.
+//! - `http` adds the `http` module. A plugin imports `wasi:http` only if it
+//!   makes requests: version 0.2.4, which a host providing any later 0.2.x
+//!   accepts.
 
 /// The bindings that `wit-bindgen` generates for the `plugin` world.
 ///
@@ -63,8 +88,16 @@ pub mod bindings {
     });
 }
 
+pub mod kv;
+pub mod outbox;
+
+#[cfg(feature = "http")]
+pub mod http;
+
 pub use bindings::jobbox::plugin::types::RetryableError;
 pub use bindings::{Guest, Job, JobError, Output};
+pub use kv::KvError;
+pub use outbox::EmitError;
 
 /// Exports a type implementing [`Guest`] as the plugin's `run` function.
 ///

@@ -25,8 +25,9 @@ use tokio::sync::oneshot;
 use super::{ClaimRequest, StateCounts, Store, StoreError, StoreFuture};
 use crate::job::{
     ClaimedJob, Enqueued, ExpiredLease, Fence, Fenced, Finish, JobFilter, JobId, JobRecord,
-    JobState, NewJob, Transition,
+    JobState, KvEntry, NewJob, Transition,
 };
+use crate::outbox::{ClaimedEvent, Delivery, EventRecord, EventState};
 use crate::time::Timestamp;
 
 pub use schema::SCHEMA_VERSION;
@@ -175,7 +176,16 @@ impl Store for SqliteStore {
     }
 
     fn finish(&self, f: Finish) -> StoreFuture<'_, Fenced> {
-        self.write(move |c| write::finish(c, f.fence, &f.attempt, &f.transition, i64::MAX))
+        self.write(move |c| {
+            write::finish(
+                c,
+                f.fence,
+                &f.attempt,
+                &f.transition,
+                Some(&f.effects),
+                i64::MAX,
+            )
+        })
     }
 
     fn extend_leases(&self, fences: Vec<Fence>, until: Timestamp) -> StoreFuture<'_, Vec<Fenced>> {
@@ -213,6 +223,54 @@ impl Store for SqliteStore {
 
     fn counts(&self) -> StoreFuture<'_, StateCounts> {
         self.read(read::counts)
+    }
+
+    fn kv_get(&self, namespace: String, key: String) -> StoreFuture<'_, KvEntry> {
+        self.read(move |c| read::kv_get(c, &namespace, &key))
+    }
+
+    fn kv_list(
+        &self,
+        namespace: String,
+        prefix: String,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<(String, KvEntry)>> {
+        self.read(move |c| read::kv_list(c, &namespace, &prefix, limit))
+    }
+
+    fn claim_events(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        lease: Duration,
+    ) -> StoreFuture<'_, Vec<ClaimedEvent>> {
+        self.write(move |c| write::claim_events(c, now, limit, lease))
+    }
+
+    fn record_delivery(
+        &self,
+        id: i64,
+        attempt: u32,
+        delivery: Delivery,
+        now: Timestamp,
+    ) -> StoreFuture<'_, Fenced> {
+        self.write(move |c| write::record_delivery(c, id, attempt, &delivery, now))
+    }
+
+    fn list_events(
+        &self,
+        state: Option<EventState>,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<EventRecord>> {
+        self.read(move |c| read::list_events(c, state, limit))
+    }
+
+    fn retry_event(&self, id: i64, now: Timestamp) -> StoreFuture<'_, ()> {
+        self.write(move |c| write::retry_event(c, id, now))
+    }
+
+    fn pending_events(&self) -> StoreFuture<'_, u64> {
+        self.read(read::pending_events)
     }
 
     fn close(&self) -> StoreFuture<'_, ()> {

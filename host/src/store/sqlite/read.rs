@@ -4,7 +4,8 @@
 use rusqlite::{Connection, OptionalExtension, Row, params_from_iter, types::Value};
 
 use super::sql;
-use crate::job::{AttemptRow, JobFilter, JobId, JobRecord, effective_idempotency_key};
+use crate::job::{AttemptRow, JobFilter, JobId, JobRecord, KvEntry, effective_idempotency_key};
+use crate::outbox::{EventRecord, EventState};
 use crate::store::{StateCounts, StoreError};
 use crate::time::Timestamp;
 
@@ -75,6 +76,101 @@ pub(super) fn counts(conn: &Connection) -> Result<StateCounts> {
         }
     }
     Ok(counts)
+}
+
+pub(super) fn kv_get(conn: &Connection, ns: &str, key: &str) -> Result<KvEntry> {
+    let row: Option<(Option<Vec<u8>>, i64)> = conn
+        .prepare_cached(sql::KV_GET)?
+        .query_row([ns, key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match row {
+        Some((value, version)) => KvEntry {
+            value,
+            version: Some(version),
+        },
+        None => KvEntry::default(),
+    })
+}
+
+pub(super) fn kv_list(
+    conn: &Connection,
+    ns: &str,
+    prefix: &str,
+    limit: u32,
+) -> Result<Vec<(String, KvEntry)>> {
+    let upper = prefix_upper_bound(prefix);
+    let mut stmt = conn.prepare_cached(sql::KV_LIST)?;
+    let rows = stmt.query_map(rusqlite::params![ns, prefix, upper, limit], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            KvEntry {
+                value: r.get(1)?,
+                version: Some(r.get(2)?),
+            },
+        ))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The smallest string greater than every string starting with `prefix`,
+/// or `None` if there is none (the empty prefix).
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+pub(super) fn list_events(
+    conn: &Connection,
+    state: Option<EventState>,
+    limit: u32,
+) -> Result<Vec<EventRecord>> {
+    let q = format!(
+        "SELECT {} FROM outbox WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2",
+        sql::EVENT_COLUMNS
+    );
+    let mut stmt = conn.prepare_cached(&q)?;
+    let rows = stmt.query_map(
+        rusqlite::params![state.map(EventState::as_str), limit],
+        |r| {
+            let state: String = r.get(6)?;
+            Ok(EventRecord {
+                id: r.get(0)?,
+                job_id: r.get(1)?,
+                topic: r.get(2)?,
+                url: r.get(3)?,
+                body: r.get(4)?,
+                idempotency_key: r.get(5)?,
+                state: state.parse().map_err(|e: String| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        6,
+                        rusqlite::types::Type::Text,
+                        e.into(),
+                    )
+                })?,
+                attempts: r.get(7)?,
+                next_attempt_at: Timestamp(r.get(8)?),
+                created_at: Timestamp(r.get(9)?),
+                finalized_at: r.get::<_, Option<i64>>(10)?.map(Timestamp),
+                last_status: r.get(11)?,
+                last_error: r.get(12)?,
+                note: r.get(13)?,
+            })
+        },
+    )?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub(super) fn pending_events(conn: &Connection) -> Result<u64> {
+    Ok(conn
+        .prepare_cached(sql::COUNT_PENDING_EVENTS)?
+        .query_row([], |r| r.get(0))?)
 }
 
 /// Maps a row of [`sql::JOB_COLUMNS`].

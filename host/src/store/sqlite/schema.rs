@@ -57,6 +57,46 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (job_id, epoch)
     ) WITHOUT ROWID;
     "#,
+    // 2: side effects: kv state, the outbox, completion callbacks.
+    r#"
+    ALTER TABLE jobs ADD COLUMN callback_url TEXT;
+
+    CREATE TABLE kv (
+        namespace  TEXT    NOT NULL,
+        key        TEXT    NOT NULL,
+        -- NULL is a deleted key: rows are never removed, so a version
+        -- never repeats and commit-time read checks cannot be fooled by a
+        -- delete and re-create.
+        value      BLOB,
+        version    INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, key)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE outbox (
+        id               INTEGER PRIMARY KEY,
+        job_id           INTEGER NOT NULL,
+        topic            TEXT    NOT NULL,
+        url              TEXT    NOT NULL,
+        -- The exact request body, fixed at commit and sent as stored.
+        body             BLOB    NOT NULL,
+        idempotency_key  TEXT    NOT NULL UNIQUE,
+        state            TEXT    NOT NULL CHECK (state IN
+                           ('pending', 'delivered', 'failed')),
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at  INTEGER NOT NULL,
+        lease_expires_at INTEGER,
+        created_at       INTEGER NOT NULL,
+        finalized_at     INTEGER,
+        last_status      INTEGER,
+        last_error       TEXT,
+        note             TEXT
+    );
+
+    -- The relay's scan for due events.
+    CREATE INDEX outbox_due ON outbox (next_attempt_at, id)
+        WHERE state = 'pending';
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -8,8 +8,8 @@
 /// and returns no row; the caller then looks the existing job up.
 pub const INSERT_JOB: &str = "
     INSERT INTO jobs (kind, queue, payload, idempotency_key, state, priority,
-                      run_at, max_attempts, created_at)
-    VALUES (?1, ?2, ?3, ?4, 'available', ?5, ?6, ?7, ?8)
+                      run_at, max_attempts, created_at, callback_url)
+    VALUES (?1, ?2, ?3, ?4, 'available', ?5, ?6, ?7, ?8, ?9)
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id";
 
@@ -122,3 +122,104 @@ pub const SELECT_ATTEMPTS: &str = "
     FROM attempts WHERE job_id = ?1 ORDER BY epoch";
 
 pub const COUNT_BY_STATE: &str = "SELECT state, COUNT(*) FROM jobs GROUP BY state";
+
+/// kv read: a key's value and version (a deleted key has a NULL value).
+pub const KV_GET: &str = "
+    SELECT value, version FROM kv WHERE namespace = ?1 AND key = ?2";
+
+/// kv listing: live keys from ?2 (the prefix) up to ?3 (exclusive, or
+/// NULL for no bound), in key order, at most ?4.
+pub const KV_LIST: &str = "
+    SELECT key, value, version FROM kv
+    WHERE namespace = ?1 AND key >= ?2 AND (?3 IS NULL OR key < ?3)
+      AND value IS NOT NULL
+    ORDER BY key
+    LIMIT ?4";
+
+/// Commit of one buffered kv write (a NULL value deletes). ?1 namespace,
+/// ?2 key, ?3 value, ?4 now.
+pub const KV_PUT: &str = "
+    INSERT INTO kv (namespace, key, value, version, updated_at)
+    VALUES (?1, ?2, ?3, 1, ?4)
+    ON CONFLICT (namespace, key) DO UPDATE
+    SET value = excluded.value, version = version + 1,
+        updated_at = excluded.updated_at";
+
+/// outbox: (none) → pending, committed with the job's completion.
+pub const INSERT_EVENT: &str = "
+    INSERT INTO outbox (job_id, topic, url, body, idempotency_key, state,
+                        next_attempt_at, created_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6)";
+
+/// The completion callback, built from the job row in the same
+/// transaction as its final transition. ?1 job id, ?2 now, ?3 topic. The
+/// key names the claim epoch, so a job retried by an operator after being
+/// discarded gets a callback of its own when it ends again.
+pub const INSERT_CALLBACK: &str = "
+    INSERT INTO outbox (job_id, topic, url, body, idempotency_key, state,
+                        next_attempt_at, created_at)
+    SELECT id, ?3, callback_url,
+           CAST(json_object(
+               'job_id', id,
+               'kind', kind,
+               'state', state,
+               'attempt', attempt,
+               'idempotency_key', COALESCE(idempotency_key, 'jobbox-job-' || id),
+               'output', CASE WHEN json_valid(output) THEN json(output) ELSE output END,
+               'error', error,
+               'finalized_at', finalized_at) AS BLOB),
+           COALESCE(idempotency_key, 'jobbox-job-' || id) || ':callback:' || epoch,
+           'pending', ?2, ?2
+    FROM jobs WHERE id = ?1 AND callback_url IS NOT NULL";
+
+/// relay claim: due pending events get a delivery lease and one more
+/// attempt. ?1 now, ?2 lease expiry, ?3 limit.
+pub const CLAIM_EVENTS: &str = "
+    UPDATE outbox
+    SET attempts = attempts + 1, lease_expires_at = ?2
+    WHERE state = 'pending'
+      AND id IN (
+        SELECT id FROM outbox
+        WHERE state = 'pending' AND next_attempt_at <= ?1
+          AND (lease_expires_at IS NULL OR lease_expires_at <= ?1)
+        ORDER BY next_attempt_at, id
+        LIMIT ?3)
+    RETURNING id, job_id, topic, url, body, idempotency_key, attempts";
+
+/// The fence shared by the delivery outcomes: ?1 id, ?2 the attempt
+/// number the relay claimed.
+macro_rules! delivery {
+    ($set:literal) => {
+        concat!(
+            "UPDATE outbox SET ",
+            $set,
+            ", lease_expires_at = NULL
+             WHERE id = ?1 AND attempts = ?2 AND state = 'pending'"
+        )
+    };
+}
+
+/// pending → delivered. ?3 status, ?4 note, ?5 now.
+pub const EVENT_DELIVERED: &str = delivery!(
+    "state = 'delivered', last_status = ?3, note = ?4, last_error = NULL, finalized_at = ?5"
+);
+
+/// pending → pending, later. ?3 status, ?4 error, ?5 next attempt.
+pub const EVENT_RETRY: &str = delivery!("last_status = ?3, last_error = ?4, next_attempt_at = ?5");
+
+/// pending → failed (permanent). ?3 status, ?4 error, ?5 now.
+pub const EVENT_FAILED: &str =
+    delivery!("state = 'failed', last_status = ?3, last_error = ?4, finalized_at = ?5");
+
+/// outbox retry: failed → pending now. ?1 id, ?2 now.
+pub const RETRY_EVENT: &str = "
+    UPDATE outbox
+    SET state = 'pending', next_attempt_at = ?2, finalized_at = NULL,
+        lease_expires_at = NULL
+    WHERE id = ?1 AND state = 'failed'";
+
+pub const COUNT_PENDING_EVENTS: &str = "SELECT COUNT(*) FROM outbox WHERE state = 'pending'";
+
+pub const EVENT_COLUMNS: &str = "
+    id, job_id, topic, url, body, idempotency_key, state, attempts,
+    next_attempt_at, created_at, finalized_at, last_status, last_error, note";

@@ -6,9 +6,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::sql;
 use crate::job::{
-    AttemptOutcome, AttemptRecord, ClaimedJob, DEFAULT_MAX_ATTEMPTS, Enqueued, ExpiredLease, Fence,
-    Fenced, JobId, JobState, NewJob, Transition, effective_idempotency_key,
+    AttemptOutcome, AttemptRecord, ClaimedJob, DEFAULT_MAX_ATTEMPTS, Effects, Enqueued,
+    ExpiredLease, Fence, Fenced, JobId, JobState, NewJob, Transition, effective_idempotency_key,
 };
+use crate::outbox::{CALLBACK_TOPIC, ClaimedEvent, Delivery};
 use crate::store::{ClaimRequest, StoreError};
 use crate::time::{Timestamp, duration_ms};
 
@@ -29,7 +30,8 @@ pub(super) fn enqueue(conn: &Connection, jobs: &[NewJob], now: Timestamp) -> Res
                     job.priority,
                     run_at.0,
                     job.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
-                    now.0
+                    now.0,
+                    job.callback_url,
                 ],
                 |r| r.get(0),
             )
@@ -94,12 +96,15 @@ pub(super) fn claim(conn: &Connection, req: &ClaimRequest) -> Result<Vec<Claimed
 }
 
 /// Applies a transition out of running plus its attempt row, fenced on
-/// `fence` and on the lease having expired by `lease_bound`.
+/// `fence` and on the lease having expired by `lease_bound`; with a
+/// completion, its effects too; with a final transition, the job's
+/// callback event.
 pub(super) fn finish(
     conn: &Connection,
     fence: Fence,
     attempt: &AttemptRecord,
     transition: &Transition,
+    effects: Option<&Effects>,
     lease_bound: i64,
 ) -> Result<Fenced> {
     let now = attempt.ended_at.0;
@@ -123,8 +128,50 @@ pub(super) fn finish(
     if changed == 0 {
         return Ok(Fenced::FencedOut);
     }
+    if let (Transition::Complete { .. }, Some(effects)) = (transition, effects) {
+        apply_effects(conn, fence.id, effects, now)?;
+    }
     insert_attempt(conn, fence, attempt)?;
+    if matches!(
+        transition,
+        Transition::Complete { .. } | Transition::Discard { .. }
+    ) {
+        conn.prepare_cached(sql::INSERT_CALLBACK)?
+            .execute(params![id, now, CALLBACK_TOPIC])?;
+    }
     Ok(Fenced::Applied)
+}
+
+/// Checks the attempt's kv reads, then stores its kv writes and events.
+/// A changed key fails the command, and the writer's savepoint undoes the
+/// transition with it.
+fn apply_effects(conn: &Connection, job_id: JobId, effects: &Effects, now: i64) -> Result<()> {
+    let ns = &effects.namespace;
+    let mut version = conn.prepare_cached(sql::KV_GET)?;
+    for (key, seen) in &effects.kv_reads {
+        let current: Option<i64> = version
+            .query_row(params![ns, key], |r| r.get(1))
+            .optional()?;
+        if current != *seen {
+            return Err(StoreError::KvConflict { key: key.clone() });
+        }
+    }
+    let mut put = conn.prepare_cached(sql::KV_PUT)?;
+    for (key, value) in &effects.kv_writes {
+        put.execute(params![ns, key, value, now])?;
+    }
+    let mut insert = conn.prepare_cached(sql::INSERT_EVENT)?;
+    for e in &effects.events {
+        insert.execute(params![
+            job_id,
+            e.topic,
+            e.url,
+            e.body,
+            e.idempotency_key,
+            now
+        ])?;
+    }
+    Ok(())
 }
 
 fn insert_attempt(conn: &Connection, fence: Fence, a: &AttemptRecord) -> Result<()> {
@@ -195,7 +242,7 @@ pub(super) fn rescue(
         started_at: lease.attempted_at,
         ended_at: now,
     };
-    finish(conn, lease.fence, &record, transition, now.0)
+    finish(conn, lease.fence, &record, transition, None, now.0)
 }
 
 pub(super) fn retry_job(conn: &Connection, id: JobId, now: Timestamp) -> Result<JobState> {
@@ -262,6 +309,82 @@ fn current_state(conn: &Connection, id: JobId) -> Result<(JobState, u64, u32, Op
     let (state, epoch, attempt, attempted_at) = row.ok_or(StoreError::NotFound(id))?;
     let state = state.parse().map_err(StoreError::Backend)?;
     Ok((state, epoch, attempt, attempted_at.map(Timestamp)))
+}
+
+pub(super) fn claim_events(
+    conn: &Connection,
+    now: Timestamp,
+    limit: u32,
+    lease: std::time::Duration,
+) -> Result<Vec<ClaimedEvent>> {
+    let mut stmt = conn.prepare_cached(sql::CLAIM_EVENTS)?;
+    let rows = stmt.query_map(params![now.0, now.plus(lease).0, limit], |r| {
+        Ok(ClaimedEvent {
+            id: r.get(0)?,
+            job_id: r.get(1)?,
+            topic: r.get(2)?,
+            url: r.get(3)?,
+            body: r.get(4)?,
+            idempotency_key: r.get(5)?,
+            attempt: r.get(6)?,
+        })
+    })?;
+    let mut events: Vec<ClaimedEvent> = rows.collect::<rusqlite::Result<_>>()?;
+    events.sort_by_key(|e| e.id);
+    Ok(events)
+}
+
+pub(super) fn record_delivery(
+    conn: &Connection,
+    id: i64,
+    attempt: u32,
+    delivery: &Delivery,
+    now: Timestamp,
+) -> Result<Fenced> {
+    let changed = match delivery {
+        Delivery::Delivered { status, note } => conn
+            .prepare_cached(sql::EVENT_DELIVERED)?
+            .execute(params![id, attempt, status, note, now.0])?,
+        Delivery::Retry {
+            status,
+            error,
+            next_attempt_at,
+        } => conn.prepare_cached(sql::EVENT_RETRY)?.execute(params![
+            id,
+            attempt,
+            status,
+            error,
+            next_attempt_at.0
+        ])?,
+        Delivery::Failed { status, error } => conn
+            .prepare_cached(sql::EVENT_FAILED)?
+            .execute(params![id, attempt, status, error, now.0])?,
+    };
+    Ok(if changed == 1 {
+        Fenced::Applied
+    } else {
+        Fenced::FencedOut
+    })
+}
+
+pub(super) fn retry_event(conn: &Connection, id: i64, now: Timestamp) -> Result<()> {
+    if conn
+        .prepare_cached(sql::RETRY_EVENT)?
+        .execute(params![id, now.0])?
+        == 1
+    {
+        return Ok(());
+    }
+    let state: Option<String> = conn
+        .query_row("SELECT state FROM outbox WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?;
+    match state {
+        None => Err(StoreError::EventNotFound(id)),
+        Some(s) => Err(StoreError::EventNotFailed {
+            id,
+            state: s.parse().map_err(StoreError::Backend)?,
+        }),
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -1,0 +1,240 @@
+//! The outbox relay: delivers committed events to their webhooks, at least
+//! once, with the same body and `Idempotency-Key` on every attempt.
+//!
+//! Each iteration claims the due events (with a delivery lease, so two
+//! hosts do not send the same event at once), POSTs them concurrently,
+//! and records each outcome fenced on the attempt it claimed. An iteration
+//! in which every event failed is a failed iteration: logged at error level
+//! and counted; a partial failure names the events that failed and why.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::Host;
+use crate::metrics::{Metrics, RelaySummary};
+use crate::outbox::{ClaimedEvent, Delivery, Verdict, classify};
+use crate::sandbox::{IDEMPOTENCY_KEY, forbidden_address};
+use crate::store::StoreError;
+
+impl Host {
+    pub(super) async fn relay(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let every = self.config.outbox.poll_interval;
+        loop {
+            let full = match self.relay_once().await {
+                Ok(summary) => summary.due == self.config.outbox.batch,
+                Err(e) => {
+                    Metrics::inc(&self.metrics.store_errors);
+                    tracing::error!("outbox relay: {e}");
+                    false
+                }
+            };
+            if *stop.borrow() {
+                break;
+            }
+            if full {
+                continue;
+            }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                () = self.relay_wake.notified() => {}
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    /// One relay iteration: claim due events, deliver, record.
+    pub async fn relay_once(self: &Arc<Self>) -> Result<RelaySummary, StoreError> {
+        let outbox = &self.config.outbox;
+        self.backlog.set(self.store.pending_events().await?);
+        let now = self.clock.now();
+        // The lease outlives the request timeout, so a slow receiver is
+        // never sent the same event by a second relay meanwhile.
+        let lease = outbox.request_timeout * 2 + Duration::from_secs(1);
+        let events = self.store.claim_events(now, outbox.batch, lease).await?;
+        let mut summary = RelaySummary {
+            at: now,
+            due: events.len() as u32,
+            outcome: "ok",
+            ..RelaySummary::default()
+        };
+        if events.is_empty() {
+            return Ok(summary);
+        }
+
+        let mut sends = JoinSet::new();
+        for event in events {
+            let timeout = outbox.request_timeout;
+            sends.spawn(async move {
+                let verdict = deliver(&event, timeout).await;
+                (event, verdict)
+            });
+        }
+        let mut failures = Vec::new();
+        while let Some(joined) = sends.join_next().await {
+            let Ok((event, verdict)) = joined else {
+                continue;
+            };
+            let now = self.clock.now();
+            let (delivery, status) = match verdict {
+                (Verdict::Delivered { note }, Some(status)) => {
+                    (Delivery::Delivered { status, note }, Some(status))
+                }
+                (Verdict::Delivered { .. }, None) => unreachable!("delivered without a status"),
+                (Verdict::Transient(error), status) => {
+                    if event.attempt >= outbox.retry.max_attempts {
+                        let error = format!(
+                            "{error} (attempt {} of {}; giving up)",
+                            event.attempt, outbox.retry.max_attempts
+                        );
+                        (Delivery::Failed { status, error }, status)
+                    } else {
+                        let next_attempt_at = now.plus(outbox.retry.backoff(event.attempt, None));
+                        (
+                            Delivery::Retry {
+                                status,
+                                error,
+                                next_attempt_at,
+                            },
+                            status,
+                        )
+                    }
+                }
+                (Verdict::Permanent(error), status) => (Delivery::Failed { status, error }, status),
+            };
+            match &delivery {
+                Delivery::Delivered { .. } => {
+                    summary.delivered += 1;
+                    Metrics::inc(&self.metrics.events_delivered);
+                }
+                Delivery::Retry { error, .. } => {
+                    summary.retried += 1;
+                    Metrics::inc(&self.metrics.events_retried);
+                    failures.push(format!("event {} ({}): {error}", event.id, event.topic));
+                }
+                Delivery::Failed { error, .. } => {
+                    summary.failed += 1;
+                    Metrics::inc(&self.metrics.events_failed);
+                    failures.push(format!("event {} ({}): {error}", event.id, event.topic));
+                    tracing::error!(
+                        event_id = event.id, topic = %event.topic, status,
+                        "outbox event failed for good: {error}"
+                    );
+                }
+            }
+            if self
+                .store
+                .record_delivery(event.id, event.attempt, delivery, now)
+                .await?
+                == crate::job::Fenced::FencedOut
+            {
+                Metrics::inc(&self.metrics.fenced_out);
+                tracing::warn!(
+                    event_id = event.id,
+                    attempt = event.attempt,
+                    "delivery outcome fenced out: the event was re-claimed"
+                );
+            }
+        }
+
+        Metrics::inc(&self.metrics.relay_iterations);
+        let failed = summary.retried + summary.failed;
+        if failed == summary.due {
+            summary.outcome = "failed";
+            Metrics::inc(&self.metrics.relay_failed_iterations);
+            tracing::error!(
+                due = summary.due,
+                retried = summary.retried,
+                failed = summary.failed,
+                "outbox relay iteration failed: no event was delivered: {}",
+                failures.join("; ")
+            );
+        } else if failed > 0 {
+            summary.outcome = "partial";
+            Metrics::inc(&self.metrics.relay_partial_iterations);
+            tracing::warn!(
+                due = summary.due,
+                delivered = summary.delivered,
+                retried = summary.retried,
+                failed = summary.failed,
+                "outbox relay iteration partly failed: {}",
+                failures.join("; ")
+            );
+        } else {
+            tracing::debug!(
+                delivered = summary.delivered,
+                "outbox relay iteration delivered every event"
+            );
+        }
+        self.metrics.record_relay(summary.clone());
+        Ok(summary)
+    }
+}
+
+/// POSTs one event as stored. Returns the verdict and the HTTP status, if
+/// the receiver answered.
+async fn deliver(event: &ClaimedEvent, timeout: Duration) -> (Verdict, Option<u16>) {
+    match tokio::time::timeout(timeout, post(event)).await {
+        Ok(Ok(status)) => (classify(status), Some(status)),
+        Ok(Err(e)) => (Verdict::Transient(e), None),
+        Err(_) => (
+            Verdict::Transient(format!(
+                "no answer within {}",
+                humantime::format_duration(timeout)
+            )),
+            None,
+        ),
+    }
+}
+
+async fn post(event: &ClaimedEvent) -> Result<u16, String> {
+    let uri: http::Uri = event
+        .url
+        .parse()
+        .map_err(|e| format!("invalid URL {:?}: {e}", event.url))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("URL {:?} has no host", event.url))?
+        .clone();
+    let https = uri.scheme_str() == Some("https");
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    // Callback URLs come from whoever enqueued the job: never let them
+    // reach link-local or metadata addresses.
+    let addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    for addr in addrs {
+        if forbidden_address(addr.ip()) {
+            return Err(format!("destination address {} is forbidden", addr.ip()));
+        }
+    }
+    let body = Full::new(Bytes::from(event.body.clone()))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let request = http::Request::post(uri)
+        .header(http::header::HOST, authority.as_str())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(IDEMPOTENCY_KEY, event.idempotency_key.as_str())
+        .body(body)
+        .map_err(|e| format!("building the request: {e}"))?;
+    let (response, io) = wasmtime_wasi_http::default_send_request(request, None)
+        .await
+        .map_err(|e| format!("sending: {e}"))?;
+    let conn = tokio::spawn(io);
+    let status = response.status().as_u16();
+    // Read (and drop) a bounded amount of the answer so the receiver is not
+    // cut off mid-response; its content does not matter.
+    let _ = http_body_util::Limited::new(response.into_body(), 64 << 10)
+        .collect()
+        .await;
+    conn.abort();
+    Ok(status)
+}

@@ -1,0 +1,229 @@
+//! Outbound HTTP for plugins (`wasi:http/outgoing-handler`), deny by
+//! default.
+//!
+//! Every request passes [`HttpPolicy`] before anything touches the network:
+//! its scheme, host, port and method must match one of the plugin's
+//! `http_allow` rules, and the destination address must not be link-local,
+//! unspecified, multicast or a cloud metadata address, whatever the name
+//! resolves to. A plain-HTTP request is then sent to the very address that
+//! was checked (no second lookup). Each request carries an `Idempotency-Key`:
+//! the job's key and the request's sequence number within the attempt, so a
+//! retry of the job repeats the same keys in the same order. The response
+//! body is capped, and when the attempt ends (deadline included) its store
+//! is dropped, which aborts every request still in flight.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+use super::grants::Grants;
+
+/// The header carrying the per-request idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// How long a connection may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The per-attempt HTTP policy, as wasmtime-wasi-http hooks.
+pub(crate) struct HttpPolicy {
+    plugin: Arc<str>,
+    grants: Arc<Grants>,
+    job_key: String,
+    /// Requests made so far in this attempt.
+    seq: u32,
+}
+
+impl HttpPolicy {
+    pub(crate) fn new(plugin: Arc<str>, grants: Arc<Grants>, job_key: String) -> HttpPolicy {
+        HttpPolicy {
+            plugin,
+            grants,
+            job_key,
+            seq: 0,
+        }
+    }
+
+    /// Why `req` is refused, if it is.
+    fn refusal(&self, req: &http::Request<WasiBody>) -> Option<String> {
+        let uri = req.uri();
+        let scheme = uri.scheme_str().unwrap_or("").to_ascii_lowercase();
+        let host = uri
+            .host()
+            .unwrap_or("")
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        let method = req.method().as_str();
+        let allowed = self
+            .grants
+            .http
+            .iter()
+            .any(|rule| rule.allows(&scheme, &host, port, method));
+        (!allowed).then(|| format!("{method} {scheme}://{host}:{port} is not in http_allow"))
+    }
+}
+
+impl WasiHttpHooks for HttpPolicy {
+    fn send_request(
+        &mut self,
+        mut request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<WasiBody>,
+                        Box<dyn Future<Output = Result<(), Error>> + Send>,
+                    ),
+                    Error,
+                >,
+            > + Send,
+    > {
+        if let Some(why) = self.refusal(&request) {
+            tracing::warn!(plugin = %self.plugin, "HTTP request denied: {why}");
+            return Box::new(async { Err(Error::HttpRequestDenied) });
+        }
+        self.seq += 1;
+        let key = format!("{}:http:{}", self.job_key, self.seq);
+        let value = http::HeaderValue::from_str(&key)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
+        request.headers_mut().insert(IDEMPOTENCY_KEY, value);
+        let plugin = Arc::clone(&self.plugin);
+        let max_response = self.grants.http_max_response;
+        Box::new(async move {
+            let request = pin_to_vetted_address(request, &plugin).await?;
+            let mut options = options.unwrap_or_default();
+            options.connect_timeout.get_or_insert(CONNECT_TIMEOUT);
+            let (response, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            if let Some(len) = response
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                && len > max_response as u64
+            {
+                return Err(Error::HttpResponseBodySize(Some(len)));
+            }
+            let response = response.map(|body| {
+                Capped {
+                    inner: body.boxed_unsync(),
+                    left: max_response,
+                }
+                .boxed_unsync()
+            });
+            Ok((
+                response,
+                Box::new(io) as Box<dyn Future<Output = Result<(), Error>> + Send>,
+            ))
+        })
+    }
+}
+
+/// Resolves the request's host, refuses forbidden addresses, and for plain
+/// HTTP rewrites the request to the checked address (the `Host` header
+/// keeps the name). HTTPS keeps the name for certificate checks; its
+/// connection resolves again.
+async fn pin_to_vetted_address(
+    mut request: http::Request<WasiBody>,
+    plugin: &str,
+) -> Result<http::Request<WasiBody>, Error> {
+    let uri = request.uri().clone();
+    let https = uri.scheme_str() == Some("https");
+    let host = uri.host().ok_or(Error::HttpRequestUriInvalid)?;
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))
+        .await
+        .map_err(|_| Error::DnsError {
+            rcode: None,
+            info_code: None,
+        })?
+        .collect();
+    let Some(addr) = addrs.first().copied() else {
+        return Err(Error::DestinationNotFound);
+    };
+    if let Some(bad) = addrs.iter().find(|a| forbidden(a.ip())) {
+        tracing::warn!(plugin, host, address = %bad.ip(), "HTTP request denied: forbidden destination address");
+        return Err(Error::DestinationIpProhibited);
+    }
+    if !https {
+        let authority = match addr {
+            SocketAddr::V4(a) => a.to_string(),
+            SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+        };
+        let mut parts = uri.into_parts();
+        parts.authority = Some(
+            authority
+                .parse()
+                .map_err(|_| Error::HttpRequestUriInvalid)?,
+        );
+        *request.uri_mut() =
+            http::Uri::from_parts(parts).map_err(|_| Error::HttpRequestUriInvalid)?;
+    }
+    Ok(request)
+}
+
+/// Addresses a plugin may never reach: link-local (which includes the
+/// 169.254.169.254 metadata service), unspecified, broadcast, multicast,
+/// and the IPv6 metadata address some clouds use.
+pub fn forbidden(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast()
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return forbidden(IpAddr::V4(v4));
+            }
+            let seg = v6.segments();
+            v6.is_unspecified()
+                || v6.is_multicast()
+                || (seg[0] & 0xffc0) == 0xfe80
+                || seg == [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254]
+        }
+    }
+}
+
+/// A response body that fails once more than `left` bytes arrive.
+struct Capped {
+    inner: WasiBody,
+    left: usize,
+}
+
+impl http_body::Body for Capped {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if data.len() > self.left {
+                        return Poll::Ready(Some(Err(Error::HttpResponseBodySize(None))));
+                    }
+                    self.left -= data.len();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}

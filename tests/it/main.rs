@@ -5,8 +5,12 @@
 //! plugins built from `plugins/` by `tests/build.rs`.
 
 mod cli;
+mod http;
+mod kv;
 mod limits;
+mod outbox;
 mod plugins;
 mod queue;
 mod retry;
+mod server;
 mod support;

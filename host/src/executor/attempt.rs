@@ -130,7 +130,7 @@ impl Host {
             // completion was written. Retry the job, without its effects.
             Metrics::inc(&self.metrics.kv_conflicts);
             let error = format!("kv conflict: key {key:?} changed during the attempt");
-            tracing::warn!(job_id = job.id, epoch = job.epoch, "{error}; retrying");
+            tracing::debug!(job_id = job.id, epoch = job.epoch, "{error}; retrying");
             outcome = AttemptOutcome::RetryableError;
             finish.attempt.outcome = outcome;
             finish.attempt.error = Some(error.clone());

@@ -204,6 +204,11 @@ impl Host {
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
+            // Reap every finished attempt: a finished task keeps its future's
+            // memory in the set until joined.
+            while let Some(joined) = tasks.try_join_next() {
+                report_panic(joined);
+            }
             let limit = self.claim_limit();
             let mut full = false;
             if limit.total > 0 {

@@ -337,7 +337,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Command>) {
 
 /// Applies `batch` in one transaction and answers every command.
 fn run_group(conn: &Connection, batch: &mut Vec<WriteOp>) {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
         let err = StoreError::from(e);
         for op in batch.drain(..) {
             let (_, reply) = op(Err(&err));
@@ -351,7 +351,7 @@ fn run_group(conn: &Connection, batch: &mut Vec<WriteOp>) {
         // A command runs only inside its savepoint, so that its failure can
         // be undone exactly; if the savepoint machinery itself fails, the
         // whole group is abandoned.
-        if let Err(e) = conn.execute_batch("SAVEPOINT cmd") {
+        if let Err(e) = exec_cached(conn, "SAVEPOINT cmd") {
             let err = StoreError::from(e);
             let (_, reply) = op(Err(&err));
             replies.push(reply);
@@ -360,21 +360,27 @@ fn run_group(conn: &Connection, batch: &mut Vec<WriteOp>) {
         let (failed, reply) = op(Ok(conn));
         replies.push(reply);
         let undo = if failed {
-            conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd")
+            exec_cached(conn, "ROLLBACK TO cmd").and_then(|()| exec_cached(conn, "RELEASE cmd"))
         } else {
-            conn.execute_batch("RELEASE cmd")
+            exec_cached(conn, "RELEASE cmd")
         };
         if let Err(e) = undo {
             return abandon(conn, replies, ops, StoreError::from(e));
         }
     }
-    let commit = conn.execute_batch("COMMIT").err().map(StoreError::from);
+    let commit = exec_cached(conn, "COMMIT").err().map(StoreError::from);
     if commit.is_some() {
         let _ = conn.execute_batch("ROLLBACK");
     }
     for reply in replies {
         reply(commit.as_ref());
     }
+}
+
+/// Runs a statement without parameters through the statement cache (these
+/// run for every command, so parsing them each time would show).
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 /// Rolls the open transaction back and answers every command of the group

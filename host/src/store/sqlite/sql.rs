@@ -40,7 +40,9 @@ pub const CLAIM: &str = "
 
 /// The fence shared by the write-backs below: ?1 id, ?2 epoch, and ?3 a
 /// bound on the lease (the worker passes the maximum; the rescuer passes
-/// `now`, so that a lease renewed since it looked is not taken).
+/// `now`, so that a lease renewed since it looked is not taken). A row
+/// comes back if the transition applied, saying whether the job has a
+/// completion callback to enqueue.
 macro_rules! fenced {
     ($set:literal) => {
         concat!(
@@ -48,7 +50,8 @@ macro_rules! fenced {
             $set,
             ", lease_expires_at = NULL, leased_by = NULL
              WHERE id = ?1 AND epoch = ?2 AND state = 'running'
-               AND lease_expires_at <= ?3"
+               AND lease_expires_at <= ?3
+             RETURNING callback_url IS NOT NULL"
         )
     };
 }

@@ -109,33 +109,35 @@ pub(super) fn finish(
 ) -> Result<Fenced> {
     let now = attempt.ended_at.0;
     let (id, epoch) = (fence.id, fence.epoch);
-    let changed =
-        match transition {
-            Transition::Complete { output } => conn
-                .prepare_cached(sql::COMPLETE)?
-                .execute(params![id, epoch, lease_bound, output, now])?,
-            Transition::Retry { run_at, error } => conn
-                .prepare_cached(sql::RETRY)?
-                .execute(params![id, epoch, lease_bound, error, run_at.0])?,
-            Transition::Discard { error } => conn
-                .prepare_cached(sql::DISCARD)?
-                .execute(params![id, epoch, lease_bound, error, now])?,
-            Transition::Release => {
-                conn.prepare_cached(sql::RELEASE)?
-                    .execute(params![id, epoch, lease_bound, now])?
-            }
-        };
-    if changed == 0 {
+    let applied = match transition {
+        Transition::Complete { output } => conn
+            .prepare_cached(sql::COMPLETE)?
+            .query_row(params![id, epoch, lease_bound, output, now], |r| r.get(0)),
+        Transition::Retry { run_at, error } => conn
+            .prepare_cached(sql::RETRY)?
+            .query_row(params![id, epoch, lease_bound, error, run_at.0], |r| {
+                r.get(0)
+            }),
+        Transition::Discard { error } => conn
+            .prepare_cached(sql::DISCARD)?
+            .query_row(params![id, epoch, lease_bound, error, now], |r| r.get(0)),
+        Transition::Release => conn
+            .prepare_cached(sql::RELEASE)?
+            .query_row(params![id, epoch, lease_bound, now], |r| r.get(0)),
+    };
+    let Some(has_callback): Option<bool> = applied.optional()? else {
         return Ok(Fenced::FencedOut);
-    }
+    };
     if let (Transition::Complete { .. }, Some(effects)) = (transition, effects) {
         apply_effects(conn, fence.id, effects, now)?;
     }
     insert_attempt(conn, fence, attempt)?;
-    if matches!(
-        transition,
-        Transition::Complete { .. } | Transition::Discard { .. }
-    ) {
+    if has_callback
+        && matches!(
+            transition,
+            Transition::Complete { .. } | Transition::Discard { .. }
+        )
+    {
         conn.prepare_cached(sql::INSERT_CALLBACK)?
             .execute(params![id, now, CALLBACK_TOPIC])?;
     }

@@ -18,16 +18,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::executor::Host;
-use crate::job::{AttemptOutcome, AttemptRecord, ClaimedJob, Finish, NewJob, Transition};
+use crate::job::{AttemptOutcome, ClaimedJob, Finish, NewJob};
 use crate::sandbox::{Limits, Plugin, RunContext, Sandbox, SandboxConfig};
 use crate::store::sqlite::{SqliteStore, Synchronous};
 use crate::store::{ClaimRequest, Store};
-use crate::time::{Clock, SystemClock, Timestamp};
+use crate::time::{Clock, SystemClock};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -38,7 +38,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "echo")]
     pub plugin: String,
     /// Jobs in flight at once.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 64)]
     pub concurrency: u32,
     /// SQLite synchronous mode.
     #[arg(long, default_value = "full")]
@@ -201,16 +201,7 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     }
     host.metrics().keep_samples();
     let started = Instant::now();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let runner = {
-        let host = Arc::clone(&host);
-        tokio::spawn(async move {
-            host.run(async {
-                let _ = stopped.await;
-            })
-            .await
-        })
-    };
+    let runner = host.spawn();
     let mut finished = 0;
     while finished < args.n as u64 {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -221,8 +212,7 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let e2e = started.elapsed();
-    let _ = stop.send(());
-    runner.await??;
+    runner.stop().await?;
     let completed = host.metrics().outcome(AttemptOutcome::Completed);
     if completed != args.n as u64 {
         bail!(
@@ -416,7 +406,9 @@ async fn store_floor(
             let store = Arc::clone(&store);
             tasks.spawn(async move {
                 let now = SystemClock.now();
-                store.finish(complete(&job, now)).await?;
+                store
+                    .finish(Finish::completed(&job, job.payload.clone(), now))
+                    .await?;
                 drop(permit);
                 anyhow::Ok(())
             });
@@ -435,24 +427,6 @@ async fn store_floor(
         bail!("store floor: {} of {} completed", counts.completed, args.n);
     }
     Ok(args.n as f64 / secs)
-}
-
-fn complete(job: &ClaimedJob, now: Timestamp) -> Finish {
-    Finish {
-        fence: job.fence(),
-        attempt: AttemptRecord {
-            attempt: job.attempt,
-            outcome: AttemptOutcome::Completed,
-            error: None,
-            fuel_used: Some(0),
-            started_at: job.attempted_at,
-            ended_at: now,
-        },
-        transition: Transition::Complete {
-            output: job.payload.clone(),
-        },
-        effects: Default::default(),
-    }
 }
 
 /// Instantiate + call the plugin N times, with the host's concurrency.
@@ -538,16 +512,7 @@ async fn latency(
         Arc::new(SystemClock),
     )?);
     host.metrics().keep_samples();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let runner = {
-        let host = Arc::clone(&host);
-        tokio::spawn(async move {
-            host.run(async {
-                let _ = stopped.await;
-            })
-            .await
-        })
-    };
+    let runner = host.spawn();
     let n = args.n.min(2000);
     let template = NewJob::new(&args.plugin, payload).map_err(anyhow::Error::msg)?;
     let mut starts = Vec::with_capacity(n);
@@ -575,8 +540,7 @@ async fn latency(
         starts.push(sample.started.saturating_duration_since(t0));
         durables.push(sample.durable.saturating_duration_since(t0));
     }
-    let _ = stop.send(());
-    runner.await??;
+    runner.stop().await?;
     drop(host);
     store.close().await?;
     Ok(LatencyReport {

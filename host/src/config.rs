@@ -143,7 +143,7 @@ impl Config {
                     .as_deref()
                     .unwrap_or(Path::new("plugins")),
             ),
-            concurrency: positive("host.concurrency", host_raw.concurrency.unwrap_or(32))?,
+            concurrency: positive("host.concurrency", host_raw.concurrency.unwrap_or(64))?,
             poll_interval: opt_duration(
                 "host.poll_interval",
                 &host_raw.poll_interval,

@@ -329,6 +329,25 @@ pub struct Finish {
     pub effects: Effects,
 }
 
+impl Finish {
+    /// The write-back of a successful attempt of `job` with no effects.
+    pub fn completed(job: &ClaimedJob, output: String, now: Timestamp) -> Finish {
+        Finish {
+            fence: job.fence(),
+            attempt: AttemptRecord {
+                attempt: job.attempt,
+                outcome: AttemptOutcome::Completed,
+                error: None,
+                fuel_used: None,
+                started_at: job.attempted_at,
+                ended_at: now,
+            },
+            transition: Transition::Complete { output },
+            effects: Effects::default(),
+        }
+    }
+}
+
 /// The buffered side effects of one attempt.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Effects {

@@ -29,7 +29,6 @@ async fn requests_outside_the_allowlist_are_refused() {
     );
     let running = h.start();
     let ids: Vec<_> = running
-        .host
         .enqueue(vec![
             // Not allowed at all: no plugin ever had this plugin's grant.
             job(
@@ -55,11 +54,7 @@ async fn requests_outside_the_allowlist_are_refused() {
                 ),
             ),
         ])
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+        .await;
     let mut errors = Vec::new();
     for id in &ids[..3] {
         let rec = h
@@ -117,14 +112,11 @@ async fn each_request_carries_a_key_stable_across_retries() {
     );
     let running = h.start();
     let id = running
-        .host
-        .enqueue(vec![job(
+        .enqueue_one(job(
             "http-call",
             &format!(r#"{{"url":"{}","times":2}}"#, server.url("/x")),
-        )])
-        .await
-        .unwrap()[0]
-        .id;
+        ))
+        .await;
     let rec = h
         .wait_for_state(id, JobState::Completed, Duration::from_secs(10))
         .await;
@@ -158,14 +150,11 @@ async fn a_request_in_flight_is_aborted_at_the_deadline() {
     let running = h.start();
     let started = Instant::now();
     let id = running
-        .host
-        .enqueue(vec![job(
+        .enqueue_one(job(
             "http-call",
             &format!(r#"{{"url":"{}"}}"#, server.url("/slow")),
-        )])
-        .await
-        .unwrap()[0]
-        .id;
+        ))
+        .await;
     let rec = h
         .wait_for_state(id, JobState::Discarded, Duration::from_secs(10))
         .await;

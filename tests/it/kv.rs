@@ -28,7 +28,6 @@ async fn kv_writes_of_a_timed_out_attempt_never_appear() {
     );
     let running = h.start();
     let ids: Vec<_> = running
-        .host
         .enqueue(vec![
             job(
                 "kv-stall",
@@ -40,11 +39,7 @@ async fn kv_writes_of_a_timed_out_attempt_never_appear() {
             ),
             job("kv-stall", r#"{"key":"fine","value":"y","ms":10}"#),
         ])
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+        .await;
     for id in &ids[..2] {
         let rec = h
             .wait_for_state(*id, JobState::Discarded, Duration::from_secs(10))
@@ -72,14 +67,11 @@ async fn kv_writes_of_a_stale_attempt_never_appear_while_the_new_holders_do() {
     );
     let running = h.start();
     let id = running
-        .host
-        .enqueue(vec![job(
+        .enqueue_one(job(
             "kv-stall",
             r#"{"key":"owner","value":"stale","ms":1500}"#,
-        )])
-        .await
-        .unwrap()[0]
-        .id;
+        ))
+        .await;
     h.wait_for_state(id, JobState::Running, Duration::from_secs(5))
         .await;
 
@@ -216,16 +208,11 @@ async fn kv_is_denied_without_a_grant_and_namespaced_per_plugin() {
     );
     let running = h.start();
     let ids: Vec<_> = running
-        .host
         .enqueue(vec![
             job("kv-counter", r#"{"key":"shared","by":5}"#),
             job("kv-stall", r#"{"key":"shared","value":"nope","ms":0}"#),
         ])
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+        .await;
     h.wait_for_state(ids[0], JobState::Completed, Duration::from_secs(10))
         .await;
     let denied = h

@@ -206,13 +206,8 @@ async fn the_host_records_each_limit_as_the_attempt_outcome() {
     );
     let running = h.start();
     let ids: Vec<_> = running
-        .host
         .enqueue(vec![job("spin", "{}"), job("hog", "{}"), job("trap", "{}")])
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+        .await;
     let mut outcomes = Vec::new();
     for id in &ids {
         let rec = h

@@ -61,14 +61,11 @@ async fn every_retry_of_an_event_is_byte_identical() {
     );
     let running = h.start();
     let id = running
-        .host
-        .enqueue(vec![job(
+        .enqueue_one(job(
             "emit",
             r#"{"events":[{"topic":"orders","payload":{"order":7,"total":1250}}]}"#,
-        )])
-        .await
-        .unwrap()[0]
-        .id;
+        ))
+        .await;
     h.wait_for_state(id, JobState::Completed, Duration::from_secs(10))
         .await;
     let delivered = wait_event_state(&h.store(), EventState::Delivered, 1).await;
@@ -324,14 +321,11 @@ async fn a_full_backlog_refuses_emits_and_fails_the_attempt() {
     );
     let running = h.start();
     let id = running
-        .host
-        .enqueue(vec![job(
+        .enqueue_one(job(
             "emit",
             r#"{"events":[{"topic":"t","payload":1},{"topic":"t","payload":2}]}"#,
-        )])
-        .await
-        .unwrap()[0]
-        .id;
+        ))
+        .await;
     let rec = h
         .wait_for_state(id, JobState::Discarded, Duration::from_secs(10))
         .await;
@@ -356,14 +350,11 @@ async fn an_unlisted_topic_is_denied() {
     );
     let running = h.start();
     let id = running
-        .host
-        .enqueue(vec![job(
+        .enqueue_one(job(
             "emit",
             r#"{"events":[{"topic":"allowed","payload":1}]}"#,
-        )])
-        .await
-        .unwrap()[0]
-        .id;
+        ))
+        .await;
     let rec = h
         .wait_for_state(id, JobState::Discarded, Duration::from_secs(10))
         .await;
@@ -397,14 +388,7 @@ async fn completion_callbacks_carry_the_result_with_a_stable_key() {
     ok.callback_url = Some(server.url("/done"));
     let mut bad = job("fail", r#"{"mode":"permanent","message":"nope"}"#);
     bad.callback_url = Some(server.url("/done"));
-    let ids: Vec<_> = running
-        .host
-        .enqueue(vec![ok, bad])
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let ids: Vec<_> = running.enqueue(vec![ok, bad]).await;
     wait_event_state(&h.store(), EventState::Delivered, 2).await;
     running.stop().await;
 

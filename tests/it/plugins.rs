@@ -43,12 +43,7 @@ async fn a_wrong_world_component_is_rejected_and_the_others_still_serve() {
         rejected[2]
     );
 
-    let id = running
-        .host
-        .enqueue(vec![job("echo", "[1,2,3]")])
-        .await
-        .unwrap()[0]
-        .id;
+    let id = running.enqueue_one(job("echo", "[1,2,3]")).await;
     let rec = h
         .wait_for_state(id, JobState::Completed, Duration::from_secs(10))
         .await;
@@ -63,12 +58,7 @@ async fn a_job_with_no_plugin_fails_with_a_clear_error_and_is_never_dropped() {
         "[defaults]\nmax_attempts = 2\nbackoff_base = \"50ms\"\n",
     );
     let running = h.start();
-    let id = running
-        .host
-        .enqueue(vec![job("ghost", "{}")])
-        .await
-        .unwrap()[0]
-        .id;
+    let id = running.enqueue_one(job("ghost", "{}")).await;
     let rec = h
         .wait_for_state(id, JobState::Discarded, Duration::from_secs(10))
         .await;
@@ -97,7 +87,7 @@ async fn per_plugin_concurrency_is_respected() {
         .enqueue(vec![job("sleepy", r#"{"ms": 300}"#); 6])
         .await
         .unwrap();
-    let echo = running.host.enqueue(vec![job("echo", "1")]).await.unwrap()[0].id;
+    let echo = running.enqueue_one(job("echo", "1")).await;
     // echo is not held up behind the sleepers.
     h.wait_for_state(echo, JobState::Completed, Duration::from_secs(5))
         .await;

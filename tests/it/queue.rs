@@ -4,9 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobbox::job::{
-    AttemptOutcome, AttemptRecord, ClaimedJob, Fenced, Finish, JobState, NewJob, Transition,
-};
+use jobbox::job::{AttemptOutcome, ClaimedJob, Fenced, Finish, JobState, NewJob, Transition};
 use jobbox::store::sqlite::{SqliteOptions, SqliteStore};
 use jobbox::store::{ClaimRequest, Store, StoreError};
 use jobbox::time::{Clock, ManualClock, Timestamp};
@@ -24,21 +22,7 @@ fn claim_req(now: Timestamp, limit: u32, worker: &str) -> ClaimRequest {
 }
 
 fn complete(job: &ClaimedJob, output: &str, now: Timestamp) -> Finish {
-    Finish {
-        fence: job.fence(),
-        attempt: AttemptRecord {
-            attempt: job.attempt,
-            outcome: AttemptOutcome::Completed,
-            error: None,
-            fuel_used: None,
-            started_at: job.attempted_at,
-            ended_at: now,
-        },
-        transition: Transition::Complete {
-            output: output.into(),
-        },
-        effects: Default::default(),
-    }
+    Finish::completed(job, output.into(), now)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,12 +319,7 @@ async fn rescuer_does_not_take_a_lease_renewed_since_it_looked() {
 async fn cancelling_a_running_job_fences_out_its_attempt() {
     let h = Harness::new(&["sleepy"], "[host]\nlease = \"600ms\"\n");
     let running = h.start();
-    let id = running
-        .host
-        .enqueue(vec![job("sleepy", r#"{"ms": 3000}"#)])
-        .await
-        .unwrap()[0]
-        .id;
+    let id = running.enqueue_one(job("sleepy", r#"{"ms": 3000}"#)).await;
     h.wait_for_state(id, JobState::Running, Duration::from_secs(5))
         .await;
     assert_eq!(

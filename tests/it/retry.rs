@@ -60,14 +60,8 @@ async fn retries_wait_the_backoff_then_discard_when_attempts_are_used_up() {
     );
     let running = h.start();
     let id = running
-        .host
-        .enqueue(vec![job(
-            "fail",
-            r#"{"mode":"retryable","message":"try later"}"#,
-        )])
-        .await
-        .unwrap()[0]
-        .id;
+        .enqueue_one(job("fail", r#"{"mode":"retryable","message":"try later"}"#))
+        .await;
     let rec = h
         .wait_for_state(id, JobState::Discarded, Duration::from_secs(10))
         .await;
@@ -98,14 +92,11 @@ async fn a_permanent_error_discards_at_once() {
     let h = Harness::new(&["fail"], "[defaults]\nmax_attempts = 5\n");
     let running = h.start();
     let id = running
-        .host
-        .enqueue(vec![job(
+        .enqueue_one(job(
             "fail",
             r#"{"mode":"permanent","message":"bad account"}"#,
-        )])
-        .await
-        .unwrap()[0]
-        .id;
+        ))
+        .await;
     let rec = h
         .wait_for_state(id, JobState::Discarded, Duration::from_secs(10))
         .await;
@@ -131,29 +122,20 @@ async fn retry_after_is_honoured_within_the_cap_and_a_later_attempt_succeeds() {
     );
     let running = h.start();
     let asks_little = running
-        .host
-        .enqueue(vec![job(
+        .enqueue_one(job(
             "fail",
             r#"{"mode":"retryable","retry_after_ms":150,"message":"x"}"#,
-        )])
-        .await
-        .unwrap()[0]
-        .id;
+        ))
+        .await;
     let asks_lots = running
-        .host
-        .enqueue(vec![job(
+        .enqueue_one(job(
             "fail",
             r#"{"mode":"retryable","retry_after_ms":60000,"message":"y"}"#,
-        )])
-        .await
-        .unwrap()[0]
-        .id;
+        ))
+        .await;
     let third_time_lucky = running
-        .host
-        .enqueue(vec![job("fail", r#"{"mode":"succeed-on","attempt":3}"#)])
-        .await
-        .unwrap()[0]
-        .id;
+        .enqueue_one(job("fail", r#"{"mode":"succeed-on","attempt":3}"#))
+        .await;
     let lucky = h
         .wait_for_state(
             third_time_lucky,

@@ -7,14 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jobbox::config::Config;
-use jobbox::executor::Host;
+use jobbox::executor::{Host, HostTask};
 use jobbox::job::{JobId, JobRecord, JobState, NewJob};
 use jobbox::store::Store;
 use jobbox::store::sqlite::SqliteStore;
 use jobbox::time::{Clock, SystemClock};
 use tempfile::TempDir;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// A temporary database and plugins directory with a validated config.
 pub struct Harness {
@@ -84,33 +82,31 @@ impl Harness {
 /// A host running in a background task.
 pub struct Running {
     pub host: Arc<Host>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: HostTask,
 }
 
 impl Running {
     pub fn start(host: Arc<Host>) -> Running {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = {
-            let host = Arc::clone(&host);
-            tokio::spawn(async move {
-                host.run(async {
-                    let _ = stopped.await;
-                })
-                .await
-            })
-        };
         Running {
+            task: host.spawn(),
             host,
-            stop: Some(stop),
-            task,
         }
     }
 
+    /// Enqueues `jobs` in-process; returns their ids.
+    pub async fn enqueue(&self, jobs: Vec<NewJob>) -> Vec<JobId> {
+        let out = self.host.enqueue(jobs).await.unwrap();
+        out.into_iter().map(|e| e.id).collect()
+    }
+
+    /// Enqueues one job; returns its id.
+    pub async fn enqueue_one(&self, job: NewJob) -> JobId {
+        self.enqueue(vec![job]).await[0]
+    }
+
     /// Graceful shutdown; returns once the host has stopped.
-    pub async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap().unwrap();
+    pub async fn stop(self) {
+        self.task.stop().await.unwrap();
     }
 }
 

@@ -434,6 +434,52 @@ impl KvSource for StoreKv {
     }
 }
 
+/// A host running on a task of its own, for embedding and tests.
+#[derive(Debug)]
+pub struct HostTask {
+    host: Arc<Host>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Host {
+    /// Runs the host on a new task until [`HostTask::stop`].
+    pub fn spawn(self: &Arc<Self>) -> HostTask {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let host = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            host.run(async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        HostTask {
+            host: Arc::clone(self),
+            stop: Some(stop),
+            task,
+        }
+    }
+}
+
+impl HostTask {
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// Whether the host stopped on its own (it only does on error).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Shuts the host down gracefully and waits for it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await?
+    }
+}
+
 struct ClaimLimit {
     total: u32,
     exclude: Vec<String>,

@@ -258,6 +258,9 @@ fn outbox_config(raw: RawOutbox) -> anyhow::Result<OutboxConfig> {
         &raw.request_timeout,
         o.request_timeout,
     )?;
+    if o.request_timeout.is_zero() {
+        bail!("outbox.request_timeout: must be greater than zero");
+    }
     if let Some(n) = raw.max_attempts {
         o.retry.max_attempts = positive("outbox.max_attempts", n)?;
     }
@@ -273,6 +276,9 @@ fn outbox_config(raw: RawOutbox) -> anyhow::Result<OutboxConfig> {
         o.retry.jitter = j;
     }
     for (topic, sink) in raw.sinks.unwrap_or_default() {
+        if topic == crate::outbox::CALLBACK_TOPIC {
+            bail!("outbox.sinks.{topic}: the topic is reserved for completion callbacks");
+        }
         let key = format!("outbox.sinks.{topic}.url");
         HttpRule::parse(&sink.url, None).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
         o.sinks.insert(topic, sink.url);
@@ -305,7 +311,11 @@ fn overlay(
         s.grants.http.push(parsed);
     }
     if let Some(m) = &raw.http_max_response {
-        s.grants.http_max_response = m.bytes(&format!("{prefix}.http_max_response"))?;
+        let key = format!("{prefix}.http_max_response");
+        s.grants.http_max_response = m.bytes(&key)?;
+        if s.grants.http_max_response == 0 {
+            bail!("{key}: must be greater than zero");
+        }
     }
     if let Some(fuel) = raw.fuel {
         s.limits.fuel = positive_u64(&format!("{prefix}.fuel"), fuel)?;

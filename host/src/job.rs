@@ -180,7 +180,31 @@ impl FromStr for AttemptOutcome {
 pub fn effective_idempotency_key(id: JobId, given: Option<&str>) -> String {
     match given {
         Some(k) => k.to_owned(),
-        None => format!("jobbox-job-{id}"),
+        None => format!("{DERIVED_KEY_PREFIX}{id}"),
+    }
+}
+
+/// Derived keys start with this; given keys may not, so the two never
+/// collide.
+pub const DERIVED_KEY_PREFIX: &str = "jobbox-job-";
+
+impl NewJob {
+    /// Checks what the store cannot: the idempotency key and callback URL.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(key) = &self.idempotency_key {
+            if key.is_empty() || key.len() > 256 {
+                return Err("the idempotency key must be 1 to 256 bytes".into());
+            }
+            if key.starts_with(DERIVED_KEY_PREFIX) {
+                return Err(format!(
+                    "idempotency keys starting with {DERIVED_KEY_PREFIX:?} are reserved for derived keys"
+                ));
+            }
+        }
+        if let Some(url) = &self.callback_url {
+            crate::sandbox::HttpRule::parse(url, None).map_err(|e| format!("callback: {e}"))?;
+        }
+        Ok(())
     }
 }
 
@@ -419,6 +443,8 @@ pub struct JobRecord {
     pub max_attempts: u32,
     pub epoch: u64,
     pub idempotency_key: String,
+    /// Where the job's result is POSTed when it ends, if anywhere.
+    pub callback_url: Option<String>,
     #[serde(serialize_with = "as_json_value")]
     pub payload: String,
     #[serde(serialize_with = "as_opt_json_value")]

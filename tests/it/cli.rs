@@ -231,6 +231,15 @@ fn bad_input_gets_one_line_errors_and_writes_nothing() {
     assert!(e.contains("--run-at"), "{e}");
     let e = env.fails(&["enqueue", "bad kind!", "--payload", "{}"]);
     assert!(e.contains("invalid kind"), "{e}");
+    let e = env.fails(&[
+        "enqueue",
+        "echo",
+        "--payload",
+        "{}",
+        "--idempotency-key",
+        "jobbox-job-7",
+    ]);
+    assert!(e.contains("reserved"), "{e}");
     let e = env.fails(&["jobs", "show", "4242"]);
     assert!(e.contains("job 4242 not found"), "{e}");
     let e = env.fails(&["jobs", "retry", "4242"]);
@@ -567,4 +576,21 @@ fn outbox_commands_and_callback_validation() {
     .unwrap();
     let e = env.fails(&["jobs", "list"]);
     assert!(e.contains("plugins.echo.http_allow[0]"), "{e}");
+    std::fs::write(
+        env.config(),
+        "[plugins.echo]\nhttp_allow = [{ url = \"http://a\", methods = [] }]\n",
+    )
+    .unwrap();
+    let e = env.fails(&["jobs", "list"]);
+    assert!(e.contains("methods is empty"), "{e}");
+    std::fs::write(env.config(), "[outbox]\nrequest_timeout = \"0s\"\n").unwrap();
+    let e = env.fails(&["jobs", "list"]);
+    assert!(e.contains("outbox.request_timeout"), "{e}");
+    std::fs::write(
+        env.config(),
+        "[outbox.sinks.\"jobbox.callback\"]\nurl = \"http://a\"\n",
+    )
+    .unwrap();
+    let e = env.fails(&["jobs", "list"]);
+    assert!(e.contains("reserved"), "{e}");
 }

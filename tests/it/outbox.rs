@@ -415,3 +415,98 @@ async fn completion_callbacks_carry_the_result_with_a_stable_key() {
     assert_eq!(discarded[0]["state"], "discarded");
     assert_eq!(discarded[0]["error"], "nope");
 }
+
+/// The ledger-credit example end to end: balances in kv, exactly once per
+/// transfer, a `credited` event per applied transfer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_example_moves_money_exactly_once_and_announces_it() {
+    let server = TestServer::start(|_, _| Reply::Status(200)).await;
+    let h = Harness::new(
+        &["ledger-credit"],
+        &format!(
+            "{FAST_RELAY}[outbox.sinks.credited]\nurl = \"{}\"\n\
+             [plugins.ledger-credit]\nkv = true\noutbox_topics = [\"credited\"]\nmax_attempts = 20\nbackoff_base = \"5ms\"\n",
+            server.url("/credited")
+        ),
+    );
+    let running = h.start();
+    let transfer = |id: &str, account: &str, amount: u64, from: Option<&str>| {
+        let mut p =
+            serde_json::json!({"transfer_id": id, "account": account, "amount_cents": amount});
+        if let Some(from) = from {
+            p["from"] = from.into();
+        }
+        job("ledger-credit", &p.to_string())
+    };
+    let funded = running
+        .enqueue_one(transfer("t1", "alice", 500, None))
+        .await;
+    h.wait_for_state(funded, JobState::Completed, Duration::from_secs(10))
+        .await;
+    // Two transfers out of alice race each other; then one she cannot afford,
+    // and a replay of the first under a new job.
+    let ids = running
+        .enqueue(vec![
+            transfer("t2", "bob", 200, Some("alice")),
+            transfer("t3", "carol", 100, Some("alice")),
+            transfer("t4", "bob", 1000, Some("alice")),
+            transfer("t1", "alice", 500, None),
+        ])
+        .await;
+    for id in &ids[..2] {
+        h.wait_for_state(*id, JobState::Completed, Duration::from_secs(10))
+            .await;
+    }
+    let broke = h
+        .wait_for_state(ids[2], JobState::Discarded, Duration::from_secs(10))
+        .await;
+    let replay = h
+        .wait_for_state(ids[3], JobState::Completed, Duration::from_secs(10))
+        .await;
+    wait_event_state(&h.store(), EventState::Delivered, 3).await;
+    running.stop().await;
+
+    assert!(
+        broke
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("insufficient funds in alice"),
+        "{:?}",
+        broke.error
+    );
+    let replayed: serde_json::Value =
+        serde_json::from_str(replay.output.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        replayed["balance_after_cents"], 500,
+        "the replay returned the recorded result"
+    );
+    let store = h.store();
+    let balance = |account: &'static str| {
+        let store = Arc::clone(&store);
+        async move {
+            let v = store
+                .kv_get("ledger-credit".into(), format!("balance/{account}"))
+                .await
+                .unwrap()
+                .value
+                .unwrap();
+            String::from_utf8(v).unwrap()
+        }
+    };
+    assert_eq!(balance("alice").await, "200");
+    assert_eq!(balance("bob").await, "200");
+    assert_eq!(balance("carol").await, "100");
+    // One event per applied transfer: t1, t2, t3 (not the replay, not t4).
+    let mut credited: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| {
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            body["data"]["transfer_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    credited.sort();
+    credited.dedup();
+    assert_eq!(credited, vec!["t1", "t2", "t3"]);
+}

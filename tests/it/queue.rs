@@ -193,6 +193,8 @@ async fn two_claimers_never_hold_the_same_job() {
                     );
                     mine.push(j.id);
                 }
+                // Let the other claimer in between rounds.
+                tokio::time::sleep(Duration::from_micros(300)).await;
             }
             mine
         }));

@@ -161,9 +161,6 @@ pub async fn shutdown_signal() {
 async fn enqueue(config: &Config, args: EnqueueArgs) -> anyhow::Result<()> {
     validate_kind(&args.kind).map_err(anyhow::Error::msg)?;
     let payload = canonical_json(&args.payload).map_err(anyhow::Error::msg)?;
-    if args.idempotency_key.as_deref() == Some("") {
-        bail!("--idempotency-key must not be empty");
-    }
     if args.max_attempts == Some(0) {
         bail!("--max-attempts must be at least 1");
     }
@@ -202,6 +199,8 @@ async fn enqueue(config: &Config, args: EnqueueArgs) -> anyhow::Result<()> {
         ),
         callback_url: args.callback,
     };
+    job.validate()
+        .map_err(|e| anyhow::anyhow!("--idempotency-key: {e}"))?;
     let store = open_store(config)?;
     let result = store.enqueue(vec![job], now).await;
     store.close().await?;

@@ -166,6 +166,7 @@ impl Host {
     /// `max_attempts` takes its kind's configured value.
     pub async fn enqueue(&self, mut jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, StoreError> {
         for job in &mut jobs {
+            job.validate().map_err(StoreError::InvalidJob)?;
             job.max_attempts
                 .get_or_insert(self.settings(&job.kind).retry.max_attempts);
             if self.registry.get(&job.kind).is_none() {

@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use super::Host;
 use crate::metrics::{Metrics, RelaySummary};
 use crate::outbox::{ClaimedEvent, Delivery, Verdict, classify};
-use crate::sandbox::{IDEMPOTENCY_KEY, forbidden_address};
+use crate::sandbox::{IDEMPOTENCY_KEY, pin_to_vetted_address};
 use crate::store::StoreError;
 
 impl Host {
@@ -180,7 +180,7 @@ impl Host {
 async fn deliver(event: &ClaimedEvent, timeout: Duration) -> (Verdict, Option<u16>) {
     match tokio::time::timeout(timeout, post(event)).await {
         Ok(Ok(status)) => (classify(status), Some(status)),
-        Ok(Err(e)) => (Verdict::Transient(e), None),
+        Ok(Err(verdict)) => (verdict, None),
         Err(_) => (
             Verdict::Transient(format!(
                 "no answer within {}",
@@ -191,31 +191,18 @@ async fn deliver(event: &ClaimedEvent, timeout: Duration) -> (Verdict, Option<u1
     }
 }
 
-async fn post(event: &ClaimedEvent) -> Result<u16, String> {
+/// Sends the event. A URL that can never work (malformed, or resolving to
+/// a forbidden address) is a permanent failure; a network failure is
+/// transient.
+async fn post(event: &ClaimedEvent) -> Result<u16, Verdict> {
     let uri: http::Uri = event
         .url
         .parse()
-        .map_err(|e| format!("invalid URL {:?}: {e}", event.url))?;
+        .map_err(|e| Verdict::Permanent(format!("invalid URL {:?}: {e}", event.url)))?;
     let authority = uri
         .authority()
-        .ok_or_else(|| format!("URL {:?} has no host", event.url))?
+        .ok_or_else(|| Verdict::Permanent(format!("URL {:?} has no host", event.url)))?
         .clone();
-    let https = uri.scheme_str() == Some("https");
-    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    // Callback URLs come from whoever enqueued the job: never let them
-    // reach link-local or metadata addresses.
-    let addrs = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
-    for addr in addrs {
-        if forbidden_address(addr.ip()) {
-            return Err(format!("destination address {} is forbidden", addr.ip()));
-        }
-    }
     let body = Full::new(Bytes::from(event.body.clone()))
         .map_err(|never| match never {})
         .boxed_unsync();
@@ -224,10 +211,22 @@ async fn post(event: &ClaimedEvent) -> Result<u16, String> {
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(IDEMPOTENCY_KEY, event.idempotency_key.as_str())
         .body(body)
-        .map_err(|e| format!("building the request: {e}"))?;
+        .map_err(|e| Verdict::Permanent(format!("building the request: {e}")))?;
+    // Callback URLs come from whoever enqueued the job: the same address
+    // checks as plugins' requests apply, and plain HTTP goes to the very
+    // address checked.
+    let request = pin_to_vetted_address(request, "outbox relay")
+        .await
+        .map_err(|e| match e {
+            wasmtime_wasi_http::Error::DestinationIpProhibited
+            | wasmtime_wasi_http::Error::HttpRequestUriInvalid => {
+                Verdict::Permanent(format!("{}: {e}", event.url))
+            }
+            other => Verdict::Transient(format!("{}: {other}", event.url)),
+        })?;
     let (response, io) = wasmtime_wasi_http::default_send_request(request, None)
         .await
-        .map_err(|e| format!("sending: {e}"))?;
+        .map_err(|e| Verdict::Transient(format!("sending: {e}")))?;
     let conn = tokio::spawn(io);
     let status = response.status().as_u16();
     // Read (and drop) a bounded amount of the answer so the receiver is not

@@ -48,8 +48,10 @@ pub(crate) struct EffectsState {
     backlog: Option<Arc<Backlog>>,
     job_id: i64,
     job_key: String,
-    /// The version first seen for each key read from the source.
-    reads: BTreeMap<String, Option<i64>>,
+    /// Each key read from the source, as first seen. Later reads of the key
+    /// return this same entry, so the attempt sees one consistent value per
+    /// key, and the commit checks that version is still current.
+    reads: BTreeMap<String, KvEntry>,
     /// The latest buffered value of each key written (`None`: deleted).
     writes: BTreeMap<String, Option<Vec<u8>>>,
     written: usize,
@@ -87,7 +89,10 @@ impl EffectsState {
     pub(crate) fn take(&mut self) -> Effects {
         Effects {
             namespace: self.plugin.to_string(),
-            kv_reads: std::mem::take(&mut self.reads).into_iter().collect(),
+            kv_reads: std::mem::take(&mut self.reads)
+                .into_iter()
+                .map(|(key, entry)| (key, entry.version))
+                .collect(),
             kv_writes: std::mem::take(&mut self.writes).into_iter().collect(),
             events: std::mem::take(&mut self.events),
         }
@@ -116,18 +121,22 @@ impl EffectsState {
     }
 
     /// The current value of `key` for this attempt: its own buffered write,
-    /// else the store's (recording the version read).
+    /// else the value it first read, else the store's (which is recorded).
     async fn current(&mut self, key: &str) -> Result<Option<Vec<u8>>, kv::KvError> {
         if let Some(v) = self.writes.get(key) {
             return Ok(v.clone());
+        }
+        if let Some(entry) = self.reads.get(key) {
+            return Ok(entry.value.clone());
         }
         let entry = self
             .source()?
             .get(self.plugin.to_string(), key.to_owned())
             .await
             .map_err(kv::KvError::Unavailable)?;
-        self.reads.entry(key.to_owned()).or_insert(entry.version);
-        Ok(entry.value)
+        let value = entry.value.clone();
+        self.reads.insert(key.to_owned(), entry);
+        Ok(value)
     }
 
     fn buffer(&mut self, key: String, value: Option<Vec<u8>>) -> Result<(), kv::KvError> {
@@ -204,25 +213,35 @@ impl kv::Host for HostState {
             )
             .await
             .map_err(kv::KvError::Unavailable)?;
-        let mut merged: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        // Merge the store's entries (or the attempt's own earlier reads of
+        // them) with its buffered writes, in key order.
+        let mut merged: BTreeMap<String, (Option<Vec<u8>>, Option<KvEntry>)> = BTreeMap::new();
         for (key, entry) in stored {
             if fx.writes.contains_key(&key) {
                 continue;
             }
-            fx.reads.entry(key.clone()).or_insert(entry.version);
-            if let Some(v) = entry.value {
-                merged.insert(key, v);
-            }
+            let seen = fx.reads.get(&key).cloned().unwrap_or(entry);
+            merged.insert(key, (seen.value.clone(), Some(seen)));
         }
         for (key, value) in fx.writes.range(prefix.clone()..) {
             if !key.starts_with(&prefix) {
                 break;
             }
-            if let Some(v) = value {
-                merged.insert(key.clone(), v.clone());
-            }
+            merged.insert(key.clone(), (value.clone(), None));
         }
-        Ok(merged.into_iter().take(limit as usize).collect())
+        // Only what is returned counts as read.
+        let mut page = Vec::new();
+        for (key, (value, read)) in merged {
+            let Some(value) = value else { continue };
+            if page.len() == limit as usize {
+                break;
+            }
+            if let Some(entry) = read {
+                fx.reads.entry(key.clone()).or_insert(entry);
+            }
+            page.push((key, value));
+        }
+        Ok(page)
     }
 }
 

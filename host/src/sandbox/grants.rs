@@ -58,7 +58,26 @@ impl HttpRule {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_ascii_lowercase();
-        let methods = methods.map(|ms| ms.into_iter().map(|m| m.to_ascii_uppercase()).collect());
+        let methods = match methods {
+            None => None,
+            Some(ms) if ms.is_empty() => {
+                return Err(
+                    "methods is empty: list the methods to allow, or leave it out to allow any"
+                        .into(),
+                );
+            }
+            Some(ms) => Some(
+                ms.into_iter()
+                    .map(|m| {
+                        let m = m.to_ascii_uppercase();
+                        match http::Method::from_bytes(m.as_bytes()) {
+                            Ok(_) => Ok(m),
+                            Err(_) => Err(format!("invalid HTTP method {m:?}")),
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
         Ok(HttpRule {
             scheme,
             host,

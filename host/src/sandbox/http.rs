@@ -134,7 +134,7 @@ impl WasiHttpHooks for HttpPolicy {
 /// HTTP rewrites the request to the checked address (the `Host` header
 /// keeps the name). HTTPS keeps the name for certificate checks; its
 /// connection resolves again.
-async fn pin_to_vetted_address(
+pub(crate) async fn pin_to_vetted_address(
     mut request: http::Request<WasiBody>,
     plugin: &str,
 ) -> Result<http::Request<WasiBody>, Error> {

@@ -34,9 +34,13 @@ pub use effects::{KvFuture, KvSource};
 pub use grants::{DEFAULT_HTTP_MAX_RESPONSE, Grants, HttpRule};
 use host_state::{HostState, LogContext};
 use http::HttpPolicy;
+pub(crate) use http::pin_to_vetted_address;
 pub use http::{IDEMPOTENCY_KEY, forbidden as forbidden_address};
 pub use limits::Limits;
 use limits::MemoryLimiter;
+
+/// The version of the `jobbox:plugin` WIT package this host implements.
+pub const WIT_VERSION: &str = "0.2.0";
 
 /// Engine-wide settings.
 #[derive(Clone, Debug)]
@@ -228,6 +232,19 @@ impl Sandbox {
             anyhow::bail!("not a WebAssembly component (a core module or another file)");
         }
         let component = Component::new(&self.engine, bytes).map_err(wasmtime_error)?;
+        // Name a version mismatch plainly rather than as a missing import.
+        for (name, _) in component.component_type().imports(&self.engine) {
+            if let Some((_, version)) = name
+                .strip_prefix("jobbox:plugin/")
+                .and_then(|rest| rest.split_once('@'))
+                && version != WIT_VERSION
+            {
+                anyhow::bail!(
+                    "built against jobbox:plugin@{version}, but this host implements \
+                     jobbox:plugin@{WIT_VERSION}: rebuild it with the current SDK"
+                );
+            }
+        }
         let instance_pre = self
             .linker
             .instantiate_pre(&component)

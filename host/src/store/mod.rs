@@ -40,7 +40,7 @@ pub enum StoreError {
     },
     /// An idempotency key reused for a different job.
     #[error(
-        "idempotency key {key:?} already belongs to job {existing} with a different kind or payload"
+        "idempotency key {key:?} already belongs to job {existing} with a different kind, payload or callback"
     )]
     KeyConflict { key: String, existing: JobId },
     /// A key the attempt read changed before its completion committed:
@@ -51,6 +51,9 @@ pub enum StoreError {
     EventNotFound(i64),
     #[error("outbox event {id} is {state}: retry needs failed")]
     EventNotFailed { id: i64, state: EventState },
+    /// A job the store was asked to enqueue is not valid.
+    #[error("invalid job: {0}")]
+    InvalidJob(String),
     #[error("the store is shut down")]
     Closed,
     #[error("database: {0}")]

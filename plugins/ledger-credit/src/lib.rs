@@ -32,12 +32,12 @@
 //! - `transfer/<transfer_id>` records each applied transfer, as the JSON of
 //!   the output plus `from` when there was one.
 //!
-//! Each balance changes by a compare-and-swap of the value just read: read,
-//! compute, swap; if another job changed the balance in between, the swap
-//! fails and the plugin reads again, up to five times, before giving up with
-//! a retryable error. (The host also checks every key read at commit, so no
-//! update can be lost either way; the swap just settles a race within the
-//! attempt instead of costing a whole retry.)
+//! Each balance changes by a compare-and-swap of the value just read. The
+//! host gives an attempt one consistent value per key and checks every key
+//! it read when the completion commits: if another job changed a balance in
+//! the meantime, nothing of this attempt commits and the job is retried, so
+//! no update is ever lost. (The swap's retry loop only matters to a host
+//! without that check.)
 //!
 //! # Exactly once
 //!

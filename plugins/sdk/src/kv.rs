@@ -11,8 +11,9 @@
 //! Reads see the attempt's own buffered writes. Every key an attempt reads is
 //! checked again at commit; if another job changed it meanwhile, nothing
 //! commits and the attempt is retried. So a plain [`get`] then [`set`] is a
-//! safe read-modify-write, and [`compare_and_swap`] makes the intent explicit
-//! (and lets the plugin retry within the attempt when it loses a race).
+//! safe read-modify-write, and [`compare_and_swap`] makes the intent explicit.
+//! Reads are repeatable: the first read of a key is the value the attempt
+//! sees for it from then on.
 //!
 //! ```no_run
 //! use jobbox_sdk::{JobError, kv};

@@ -201,6 +201,7 @@ fn job_record(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
         attempted_at: ts(14)?,
         finalized_at: ts(15)?,
         lease_expires_at: ts(16)?,
+        callback_url: r.get(17)?,
         attempts: Vec::new(),
     })
 }

@@ -14,7 +14,7 @@ pub const INSERT_JOB: &str = "
     RETURNING id";
 
 pub const SELECT_BY_KEY: &str = "
-    SELECT id, kind, payload FROM jobs WHERE idempotency_key = ?1";
+    SELECT id, kind, payload, callback_url FROM jobs WHERE idempotency_key = ?1";
 
 /// claim: available/retryable → running, in (priority, run_at, id) order.
 /// ?1 now, ?2 lease expiry, ?3 worker, ?4 JSON array of excluded kinds,
@@ -117,7 +117,7 @@ pub const SELECT_STATE: &str = "
 pub const JOB_COLUMNS: &str = "
     id, kind, queue, state, priority, attempt, max_attempts, epoch,
     idempotency_key, payload, output, error, created_at, run_at,
-    attempted_at, finalized_at, lease_expires_at";
+    attempted_at, finalized_at, lease_expires_at, callback_url";
 
 pub const SELECT_ATTEMPTS: &str = "
     SELECT attempt, epoch, outcome, error, started_at, ended_at, duration_ms,

@@ -41,10 +41,10 @@ pub(super) fn enqueue(conn: &Connection, jobs: &[NewJob], now: Timestamp) -> Res
             None => {
                 // Only a duplicate key makes the insert do nothing.
                 let key = job.idempotency_key.as_deref().unwrap_or_default();
-                let (id, kind, payload): (JobId, String, String) = conn
+                let (id, kind, payload, callback): (JobId, String, String, Option<String>) = conn
                     .prepare_cached(sql::SELECT_BY_KEY)?
-                    .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-                if kind != job.kind || payload != job.payload {
+                    .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+                if kind != job.kind || payload != job.payload || callback != job.callback_url {
                     return Err(StoreError::KeyConflict {
                         key: key.to_owned(),
                         existing: id,

@@ -594,3 +594,59 @@ fn outbox_commands_and_callback_validation() {
     let e = env.fails(&["jobs", "list"]);
     assert!(e.contains("reserved"), "{e}");
 }
+
+/// A plugin runs in isolation: no database is created, kv starts from a
+/// file, and the effects it would commit are printed, not applied.
+#[test]
+fn plugins_run_tests_a_plugin_in_isolation() {
+    let env = Env::new(
+        &["ledger-credit"],
+        "[outbox.sinks.credited]\nurl = \"http://127.0.0.1:9/credited\"\n\
+         [plugins.ledger-credit]\nkv = true\noutbox_topics = [\"credited\"]\n",
+    );
+    let kv = env.dir.path().join("kv.json");
+    std::fs::write(&kv, r#"{"balance/alice": "700"}"#).unwrap();
+    let run = |payload: &str| {
+        env.run(&[
+            "plugins",
+            "run",
+            "ledger-credit",
+            "--payload",
+            payload,
+            "--kv",
+            kv.to_str().unwrap(),
+            "--idempotency-key",
+            "order-1",
+            "--json",
+        ])
+    };
+    let out = run(r#"{"transfer_id":"t-9","account":"bob","amount_cents":250,"from":"alice"}"#);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["outcome"], "completed");
+    assert_eq!(r["output"]["balance_after_cents"], 250);
+    assert_eq!(r["kv_writes"]["balance/alice"], "450");
+    assert_eq!(r["kv_writes"]["balance/bob"], "250");
+    assert_eq!(r["events"][0]["topic"], "credited");
+    assert_eq!(r["events"][0]["idempotency_key"], "order-1:event:1");
+    assert!(
+        !env.dir.path().join("jobbox.db").exists(),
+        "no database was touched"
+    );
+
+    let out = run(r#"{"transfer_id":"t-9","account":"bob","amount_cents":2500,"from":"alice"}"#);
+    assert!(!out.status.success());
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["outcome"], "permanent_error");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("insufficient funds in alice")
+    );
+    assert_eq!(r["kv_writes"], serde_json::json!({}));
+}

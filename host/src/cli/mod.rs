@@ -3,10 +3,10 @@
 
 mod jobs;
 mod outbox;
+mod plugins;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -14,8 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, parse_duration};
 use crate::executor::Host;
 use crate::job::{NewJob, canonical_json};
-use crate::plugins::{PluginRegistry, validate_kind};
-use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::plugins::validate_kind;
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 use crate::time::{Clock, SystemClock, Timestamp};
@@ -53,7 +52,7 @@ pub enum Command {
     Jobs(jobs::JobsCommand),
     /// Inspect plugins.
     #[command(subcommand)]
-    Plugins(PluginsCommand),
+    Plugins(plugins::PluginsCommand),
     /// Inspect outbox events and their delivery.
     #[command(subcommand)]
     Outbox(outbox::OutboxCommand),
@@ -94,16 +93,6 @@ pub struct EnqueueArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum PluginsCommand {
-    /// Load every plugin and list them with their limits, and the rejected
-    /// files with the reason.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-}
-
 /// Runs the command line.
 pub async fn main(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(&cli.global)?;
@@ -111,7 +100,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Run => run(config).await,
         Command::Enqueue(args) => enqueue(&config, args).await,
         Command::Jobs(cmd) => jobs::main(&config, cmd).await,
-        Command::Plugins(PluginsCommand::List { json }) => plugins_list(&config, json),
+        Command::Plugins(cmd) => plugins::main(&config, cmd).await,
         Command::Outbox(cmd) => outbox::main(&config, cmd).await,
         Command::Bench(args) => crate::bench::main(&config, args).await,
     }
@@ -215,56 +204,6 @@ async fn enqueue(config: &Config, args: EnqueueArgs) -> anyhow::Result<()> {
             enqueued.id
         );
         println!("{}", enqueued.id);
-    }
-    Ok(())
-}
-
-fn plugins_list(config: &Config, json: bool) -> anyhow::Result<()> {
-    let sandbox = Sandbox::new(&SandboxConfig {
-        epoch_tick: Duration::from_millis(10),
-        pooling: false,
-        max_instances: 1,
-        max_memory: config.max_memory(),
-    })?;
-    let registry = PluginRegistry::load(&sandbox, config);
-    if json {
-        let plugins: Vec<_> = registry
-            .loaded()
-            .map(|(kind, p)| {
-                serde_json::json!({
-                    "kind": kind,
-                    "path": p.path,
-                    "settings": p.settings,
-                })
-            })
-            .collect();
-        let out = serde_json::json!({
-            "plugins_dir": config.host.plugins_dir,
-            "plugins": plugins,
-            "rejected": registry.rejected(),
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
-    }
-    println!("plugins directory: {}", config.host.plugins_dir.display());
-    for (kind, p) in registry.loaded() {
-        let s = &p.settings;
-        println!(
-            "  {kind:<16} fuel={} timeout={} memory={} concurrency={} max_attempts={} backoff={}..{}",
-            s.limits.fuel,
-            humantime::format_duration(s.limits.timeout),
-            s.limits.memory,
-            s.concurrency,
-            s.retry.max_attempts,
-            humantime::format_duration(s.retry.base),
-            humantime::format_duration(s.retry.max),
-        );
-    }
-    for r in registry.rejected() {
-        println!("  rejected: {}", r.reason);
-    }
-    if registry.loaded().next().is_none() && registry.rejected().is_empty() {
-        println!("  (no plugins)");
     }
     Ok(())
 }

@@ -1,0 +1,294 @@
+//! `jobbox plugins ...`: list the plugins, or run one in isolation.
+//!
+//! `plugins run` is the plugin author's test bench: it runs one attempt of a
+//! plugin exactly as the host would (same limits, same grants, same
+//! sandbox) but with no database: kv reads come from an optional JSON file,
+//! and the kv writes and outbox events the attempt would have committed are
+//! printed instead. Outbound HTTP follows the plugin's `http_allow` as
+//! usual, so with no rule it makes no network call at all.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+
+use crate::config::Config;
+use crate::job::{ClaimedJob, KvEntry, canonical_json};
+use crate::plugins::{PluginRegistry, validate_kind};
+use crate::sandbox::{KvFuture, KvSource, RunContext, Sandbox, SandboxConfig};
+use crate::time::{Clock, SystemClock};
+
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// Load every plugin and list them with their limits, and the rejected
+    /// files with the reason.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one attempt of a plugin in isolation: no database, no network
+    /// beyond its grants. Prints the outcome, output, and the kv writes and
+    /// events it would commit.
+    Run {
+        /// The plugin kind (its settings and grants come from the config).
+        kind: String,
+        /// The job's payload, as JSON.
+        #[arg(long)]
+        payload: String,
+        /// The component to run (default: `<plugins_dir>/<kind>.wasm`).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// A JSON object of the kv state to start from (string values).
+        #[arg(long, value_name = "FILE")]
+        kv: Option<PathBuf>,
+        #[arg(long, default_value = "test-key")]
+        idempotency_key: String,
+        #[arg(long, default_value_t = 1)]
+        attempt: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn main(config: &Config, cmd: PluginsCommand) -> anyhow::Result<()> {
+    match cmd {
+        PluginsCommand::List { json } => plugins_list(config, json),
+        PluginsCommand::Run {
+            kind,
+            payload,
+            file,
+            kv,
+            idempotency_key,
+            attempt,
+            json,
+        } => {
+            validate_kind(&kind).map_err(anyhow::Error::msg)?;
+            let payload =
+                canonical_json(&payload).map_err(|e| anyhow::anyhow!("--payload: {e}"))?;
+            let state = match kv {
+                Some(path) => MemoryKv::load(&path)?,
+                None => MemoryKv::default(),
+            };
+            let path = file.unwrap_or_else(|| config.host.plugins_dir.join(format!("{kind}.wasm")));
+            run_isolated(
+                config,
+                &kind,
+                &path,
+                payload,
+                state,
+                idempotency_key,
+                attempt,
+                json,
+            )
+            .await
+        }
+    }
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site, each argument a CLI flag"
+)]
+async fn run_isolated(
+    config: &Config,
+    kind: &str,
+    path: &std::path::Path,
+    payload: String,
+    kv: MemoryKv,
+    idempotency_key: String,
+    attempt: u32,
+    json: bool,
+) -> anyhow::Result<()> {
+    let settings = config.plugin(kind);
+    let sandbox = Sandbox::new(&SandboxConfig {
+        epoch_tick: config.host.epoch_tick,
+        pooling: false,
+        max_instances: 1,
+        max_memory: settings.limits.memory,
+    })?;
+    let plugin = sandbox
+        .load_with_grants(kind, path, settings.limits, settings.grants.clone())
+        .with_context(|| format!("loading {}", path.display()))?;
+    let now = SystemClock.now();
+    let job = ClaimedJob {
+        id: 1,
+        kind: kind.to_owned(),
+        queue: crate::job::DEFAULT_QUEUE.to_owned(),
+        payload,
+        idempotency_key,
+        priority: 0,
+        attempt,
+        max_attempts: settings.retry.max_attempts.max(attempt),
+        epoch: u64::from(attempt),
+        run_at: now,
+        attempted_at: now,
+        lease_expires_at: now.plus(config.host.lease),
+    };
+    let ctx = RunContext {
+        kv: Some(Arc::new(kv) as Arc<dyn KvSource>),
+        backlog: None,
+    };
+    let report = plugin.run(&job, &ctx, std::future::pending()).await;
+    let (outcome, _) = settings
+        .retry
+        .decide(attempt, job.max_attempts, &report.result, now);
+    let text = |bytes: &Option<Vec<u8>>| {
+        bytes
+            .as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    };
+    let out = serde_json::json!({
+        "outcome": outcome,
+        "output": report.result.as_ref().ok().map(|o| serde_json::from_str::<serde_json::Value>(o).unwrap_or(serde_json::Value::String(o.clone()))),
+        "error": report.result.as_ref().err().map(ToString::to_string),
+        "fuel_used": report.fuel_used,
+        "elapsed_ms": report.elapsed.as_secs_f64() * 1000.0,
+        "kv_writes": report.effects.kv_writes.iter().map(|(k, v)| (k.clone(), text(v))).collect::<BTreeMap<_, _>>(),
+        "events": report.effects.events.iter().map(|e| serde_json::json!({
+            "topic": e.topic,
+            "url": e.url,
+            "idempotency_key": e.idempotency_key,
+            "body": serde_json::from_slice::<serde_json::Value>(&e.body).unwrap_or_default(),
+        })).collect::<Vec<_>>(),
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("outcome:  {outcome}");
+        println!("fuel:     {}", report.fuel_used);
+        println!("elapsed:  {:.2} ms", report.elapsed.as_secs_f64() * 1000.0);
+        match &report.result {
+            Ok(output) => println!("output:   {output}"),
+            Err(e) => println!("error:    {e}"),
+        }
+        for (k, v) in &report.effects.kv_writes {
+            println!(
+                "kv write: {k} = {}",
+                text(v).unwrap_or_else(|| "(deleted)".into())
+            );
+        }
+        for e in &report.effects.events {
+            println!(
+                "event:    {} -> {} ({})",
+                e.topic,
+                e.url,
+                String::from_utf8_lossy(&e.body)
+            );
+        }
+    }
+    if report.result.is_err() {
+        anyhow::bail!("the attempt failed ({outcome})");
+    }
+    Ok(())
+}
+
+/// kv state held in memory, for a plugin run in isolation. Every entry is
+/// at version 1; nothing is ever written to it.
+#[derive(Debug, Default)]
+struct MemoryKv(BTreeMap<String, Vec<u8>>);
+
+impl MemoryKv {
+    fn load(path: &std::path::Path) -> anyhow::Result<MemoryKv> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let map: BTreeMap<String, String> = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: expected a JSON object of string values",
+                path.display()
+            )
+        })?;
+        Ok(MemoryKv(
+            map.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
+        ))
+    }
+}
+
+impl KvSource for MemoryKv {
+    fn get(&self, _namespace: String, key: String) -> KvFuture<'_, KvEntry> {
+        let entry = match self.0.get(&key) {
+            Some(v) => KvEntry {
+                value: Some(v.clone()),
+                version: Some(1),
+            },
+            None => KvEntry::default(),
+        };
+        Box::pin(async move { Ok(entry) })
+    }
+
+    fn list(
+        &self,
+        _namespace: String,
+        prefix: String,
+        limit: u32,
+    ) -> KvFuture<'_, Vec<(String, KvEntry)>> {
+        let entries = self
+            .0
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .take(limit as usize)
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    KvEntry {
+                        value: Some(v.clone()),
+                        version: Some(1),
+                    },
+                )
+            })
+            .collect();
+        Box::pin(async move { Ok(entries) })
+    }
+}
+
+fn plugins_list(config: &Config, json: bool) -> anyhow::Result<()> {
+    let sandbox = Sandbox::new(&SandboxConfig {
+        epoch_tick: Duration::from_millis(10),
+        pooling: false,
+        max_instances: 1,
+        max_memory: config.max_memory(),
+    })?;
+    let registry = PluginRegistry::load(&sandbox, config);
+    if json {
+        let plugins: Vec<_> = registry
+            .loaded()
+            .map(|(kind, p)| {
+                serde_json::json!({
+                    "kind": kind,
+                    "path": p.path,
+                    "settings": p.settings,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "plugins_dir": config.host.plugins_dir,
+            "plugins": plugins,
+            "rejected": registry.rejected(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("plugins directory: {}", config.host.plugins_dir.display());
+    for (kind, p) in registry.loaded() {
+        let s = &p.settings;
+        println!(
+            "  {kind:<16} fuel={} timeout={} memory={} concurrency={} max_attempts={} backoff={}..{}",
+            s.limits.fuel,
+            humantime::format_duration(s.limits.timeout),
+            s.limits.memory,
+            s.concurrency,
+            s.retry.max_attempts,
+            humantime::format_duration(s.retry.base),
+            humantime::format_duration(s.retry.max),
+        );
+    }
+    for r in registry.rejected() {
+        println!("  rejected: {}", r.reason);
+    }
+    if registry.loaded().next().is_none() && registry.rejected().is_empty() {
+        println!("  (no plugins)");
+    }
+    Ok(())
+}

@@ -534,3 +534,62 @@ fn default_worker_id() -> String {
         .unwrap_or_else(|| "host".to_owned());
     format!("{host}:{}", std::process::id())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size(" 16MiB "), Ok(16 << 20));
+        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
+        assert!(
+            parse_size("12 bananas")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_line() {
+        let err = Config::parse("[host]\nlease = \"5x\"\n", Path::new(".")).unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("host.lease: invalid duration"),
+            "{err:#}"
+        );
+        let err = Config::parse("[plugins.echo]\nfule = 1\n", Path::new(".")).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.starts_with("plugins.echo.fule: unknown field `fule`"),
+            "{msg}"
+        );
+        assert!(msg.contains("(line 2)"), "{msg}");
+        let err = Config::parse("[plugins.\"bad kind\"]\n", Path::new(".")).unwrap_err();
+        assert!(format!("{err:#}").contains("invalid kind"));
+        let err = Config::parse("[defaults]\nkv = true\n", Path::new(".")).unwrap_err();
+        assert!(format!("{err:#}").contains("granted per plugin"));
+    }
+
+    #[test]
+    fn plugin_tables_overlay_the_defaults() {
+        let config = Config::parse(
+            "[defaults]\ntimeout = \"5s\"\nmax_attempts = 3\n[plugins.a]\nmemory = \"8MiB\"\n",
+            Path::new("/etc/jobbox"),
+        )
+        .unwrap();
+        let a = config.plugin("a");
+        assert_eq!(a.limits.timeout, Duration::from_secs(5));
+        assert_eq!(a.limits.memory, 8 << 20);
+        assert_eq!(a.retry.max_attempts, 3);
+        assert!(!a.grants.kv);
+        assert_eq!(
+            config.plugin("unknown").limits.memory,
+            Limits::default().memory
+        );
+        assert_eq!(config.store.path, Path::new("/etc/jobbox/jobbox.db"));
+    }
+}

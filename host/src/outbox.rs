@@ -220,3 +220,40 @@ impl Backlog {
         self.pending().saturating_add(more) <= self.max
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classified_as_documented() {
+        assert_eq!(classify(200), Verdict::Delivered { note: None });
+        assert_eq!(classify(204), Verdict::Delivered { note: None });
+        assert!(matches!(
+            classify(409),
+            Verdict::Delivered { note: Some(_) }
+        ));
+        for transient in [408, 429, 500, 502, 503, 599] {
+            assert!(
+                matches!(classify(transient), Verdict::Transient(_)),
+                "{transient}"
+            );
+        }
+        for permanent in [301, 400, 401, 403, 404, 410, 422] {
+            assert!(
+                matches!(classify(permanent), Verdict::Permanent(_)),
+                "{permanent}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_backlog_admits_up_to_its_max() {
+        let b = Backlog::new(3);
+        b.set(2);
+        assert!(b.admits(1));
+        assert!(!b.admits(2));
+        b.add(1);
+        assert!(!b.admits(1));
+    }
+}

@@ -97,3 +97,28 @@ impl HttpRule {
                 .is_none_or(|ms| ms.iter().any(|m| m == method))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_match_scheme_host_port_and_method() {
+        let rule =
+            HttpRule::parse("https://Hooks.Example.com/path", Some(vec!["post".into()])).unwrap();
+        assert_eq!(
+            (rule.scheme.as_str(), rule.host.as_str(), rule.port),
+            ("https", "hooks.example.com", 443)
+        );
+        assert!(rule.allows("https", "hooks.example.com", 443, "POST"));
+        assert!(!rule.allows("https", "hooks.example.com", 443, "GET"));
+        assert!(!rule.allows("http", "hooks.example.com", 443, "POST"));
+        assert!(!rule.allows("https", "hooks.example.com", 8443, "POST"));
+        assert!(!rule.allows("https", "evil.example.com", 443, "POST"));
+        let any = HttpRule::parse("http://127.0.0.1:8080", None).unwrap();
+        assert!(any.allows("http", "127.0.0.1", 8080, "DELETE"));
+        assert!(HttpRule::parse("ftp://x", None).is_err());
+        assert!(HttpRule::parse("http://x", Some(vec![])).is_err());
+        assert!(HttpRule::parse("http://x", Some(vec!["NOT A METHOD".into()])).is_err());
+    }
+}

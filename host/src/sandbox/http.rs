@@ -227,3 +227,34 @@ impl http_body::Body for Capped {
         self.inner.is_end_stream()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::forbidden;
+
+    #[test]
+    fn metadata_and_link_local_addresses_are_forbidden() {
+        for bad in [
+            "169.254.169.254",
+            "169.254.1.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "fe80::1",
+            "::",
+            "fd00:ec2::254",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(forbidden(bad.parse().unwrap()), "{bad}");
+        }
+        for ok in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "93.184.216.34",
+            "::1",
+            "2001:db8::1",
+        ] {
+            assert!(!forbidden(ok.parse().unwrap()), "{ok}");
+        }
+    }
+}

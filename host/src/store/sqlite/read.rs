@@ -205,3 +205,18 @@ fn job_record(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
         attempts: Vec::new(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_upper_bound;
+
+    #[test]
+    fn the_prefix_bound_is_the_next_string_after_every_match() {
+        assert_eq!(prefix_upper_bound(""), None);
+        assert_eq!(prefix_upper_bound("balance/").as_deref(), Some("balance0"));
+        assert_eq!(prefix_upper_bound("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_upper_bound("\u{10FFFF}"), None);
+        let upper = prefix_upper_bound("k\u{D7FF}").unwrap();
+        assert_eq!(upper, "k\u{E000}", "surrogates are skipped");
+    }
+}

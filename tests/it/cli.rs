@@ -58,6 +58,13 @@ impl Env {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Replaces the config with `toml`; returns the one-line error any
+    /// command then fails with.
+    fn config_error(&self, toml: &str) -> String {
+        std::fs::write(self.config(), toml).unwrap();
+        self.fails(&["jobs", "list"])
+    }
+
     /// Runs a command that must fail with a one-line error; returns it.
     fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
@@ -253,24 +260,17 @@ fn bad_input_gets_one_line_errors_and_writes_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("warning: no plugin file"));
 
     // Config errors name the key.
-    std::fs::write(env.config(), "[host]\nconcurency = 3\n").unwrap();
-    let e = env.fails(&["jobs", "list"]);
+    let e = env.config_error("[host]\nconcurency = 3\n");
     assert!(
         e.contains("host.concurency") && e.contains("unknown field"),
         "{e}"
     );
-    std::fs::write(
-        env.config(),
-        "[plugins.echo]\ntimeout = \"10 fortnights\"\n",
-    )
-    .unwrap();
-    let e = env.fails(&["jobs", "list"]);
+    let e = env.config_error("[plugins.echo]\ntimeout = \"10 fortnights\"\n");
     assert!(
         e.contains("plugins.echo.timeout") && e.contains("invalid duration"),
         "{e}"
     );
-    std::fs::write(env.config(), "[defaults]\nmemory = \"12 bananas\"\n").unwrap();
-    let e = env.fails(&["jobs", "list"]);
+    let e = env.config_error("[defaults]\nmemory = \"12 bananas\"\n");
     assert!(
         e.contains("defaults.memory") && e.contains("invalid size"),
         "{e}"
@@ -559,39 +559,19 @@ fn outbox_commands_and_callback_validation() {
     ]);
     assert!(id.contains("\"created\":true"));
     // A capability for a topic without a sink is a config error naming it.
-    std::fs::write(
-        env.config(),
-        "[plugins.echo]\noutbox_topics = [\"nowhere\"]\n",
-    )
-    .unwrap();
-    let e = env.fails(&["jobs", "list"]);
+    let e = env.config_error("[plugins.echo]\noutbox_topics = [\"nowhere\"]\n");
     assert!(
         e.contains("plugins.echo.outbox_topics") && e.contains("nowhere"),
         "{e}"
     );
-    std::fs::write(
-        env.config(),
-        "[plugins.echo]\nhttp_allow = [{ url = \"gopher://x\" }]\n",
-    )
-    .unwrap();
-    let e = env.fails(&["jobs", "list"]);
+    let e = env.config_error("[plugins.echo]\nhttp_allow = [{ url = \"gopher://x\" }]\n");
     assert!(e.contains("plugins.echo.http_allow[0]"), "{e}");
-    std::fs::write(
-        env.config(),
-        "[plugins.echo]\nhttp_allow = [{ url = \"http://a\", methods = [] }]\n",
-    )
-    .unwrap();
-    let e = env.fails(&["jobs", "list"]);
+    let e =
+        env.config_error("[plugins.echo]\nhttp_allow = [{ url = \"http://a\", methods = [] }]\n");
     assert!(e.contains("methods is empty"), "{e}");
-    std::fs::write(env.config(), "[outbox]\nrequest_timeout = \"0s\"\n").unwrap();
-    let e = env.fails(&["jobs", "list"]);
+    let e = env.config_error("[outbox]\nrequest_timeout = \"0s\"\n");
     assert!(e.contains("outbox.request_timeout"), "{e}");
-    std::fs::write(
-        env.config(),
-        "[outbox.sinks.\"jobbox.callback\"]\nurl = \"http://a\"\n",
-    )
-    .unwrap();
-    let e = env.fails(&["jobs", "list"]);
+    let e = env.config_error("[outbox.sinks.\"jobbox.callback\"]\nurl = \"http://a\"\n");
     assert!(e.contains("reserved"), "{e}");
 }
 

@@ -43,6 +43,18 @@ fn limits(fuel: u64, timeout_ms: u64, memory: usize) -> Limits {
     }
 }
 
+/// Runs one attempt of `plugin` on `payload`, with no host services and
+/// nothing to cancel it but its own limits.
+async fn run(plugin: &Plugin, kind: &str, payload: &str) -> jobbox::sandbox::RunReport {
+    plugin
+        .run(
+            &claimed(kind, payload),
+            &RunContext::default(),
+            std::future::pending(),
+        )
+        .await
+}
+
 const LOTS_OF_FUEL: u64 = u64::MAX / 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,13 +62,7 @@ async fn a_tight_loop_is_stopped_by_the_wall_clock_deadline() {
     let sb = sandbox();
     let spin = load(&sb, "spin", limits(LOTS_OF_FUEL, 300, 64 << 20));
     for _ in 0..3 {
-        let report = spin
-            .run(
-                &claimed("spin", "{}"),
-                &RunContext::default(),
-                std::future::pending(),
-            )
-            .await;
+        let report = run(&spin, "spin", "{}").await;
         assert_eq!(
             report.result,
             Err(RunError::Timeout(Duration::from_millis(300)))
@@ -75,13 +81,7 @@ async fn a_tight_loop_is_stopped_by_the_wall_clock_deadline() {
 async fn a_tight_loop_is_stopped_by_fuel_when_fuel_is_the_smaller_limit() {
     let sb = sandbox();
     let spin = load(&sb, "spin", limits(20_000_000, 30_000, 64 << 20));
-    let report = spin
-        .run(
-            &claimed("spin", "{}"),
-            &RunContext::default(),
-            std::future::pending(),
-        )
-        .await;
+    let report = run(&spin, "spin", "{}").await;
     assert_eq!(report.result, Err(RunError::OutOfFuel(20_000_000)));
     assert_eq!(report.fuel_used, 20_000_000);
     assert!(
@@ -95,13 +95,7 @@ async fn a_tight_loop_is_stopped_by_fuel_when_fuel_is_the_smaller_limit() {
 async fn a_guest_parked_in_a_host_call_is_stopped_at_the_deadline() {
     let sb = sandbox();
     let sleepy = load(&sb, "sleepy", limits(LOTS_OF_FUEL, 200, 64 << 20));
-    let report = sleepy
-        .run(
-            &claimed("sleepy", r#"{"ms": 5000}"#),
-            &RunContext::default(),
-            std::future::pending(),
-        )
-        .await;
+    let report = run(&sleepy, "sleepy", r#"{"ms": 5000}"#).await;
     assert_eq!(
         report.result,
         Err(RunError::Timeout(Duration::from_millis(200)))
@@ -113,13 +107,7 @@ async fn a_guest_parked_in_a_host_call_is_stopped_at_the_deadline() {
     );
 
     // Within its deadline the same plugin completes.
-    let report = sleepy
-        .run(
-            &claimed("sleepy", r#"{"ms": 20}"#),
-            &RunContext::default(),
-            std::future::pending(),
-        )
-        .await;
+    let report = run(&sleepy, "sleepy", r#"{"ms": 20}"#).await;
     assert_eq!(report.result.unwrap(), r#"{"slept":20}"#);
 }
 
@@ -128,29 +116,11 @@ async fn memory_just_under_the_limit_works_and_over_it_fails() {
     let sb = sandbox();
     let limit = 16 << 20;
     let hog = load(&sb, "hog", limits(LOTS_OF_FUEL, 10_000, limit));
-    let under = hog
-        .run(
-            &claimed("hog", r#"{"bytes": 12582912}"#),
-            &RunContext::default(),
-            std::future::pending(),
-        )
-        .await;
+    let under = run(&hog, "hog", r#"{"bytes": 12582912}"#).await;
     assert_eq!(under.result.unwrap(), r#"{"allocated":12582912}"#);
-    let over = hog
-        .run(
-            &claimed("hog", r#"{"bytes": 20971520}"#),
-            &RunContext::default(),
-            std::future::pending(),
-        )
-        .await;
+    let over = run(&hog, "hog", r#"{"bytes": 20971520}"#).await;
     assert_eq!(over.result, Err(RunError::MemoryLimit(limit)));
-    let unbounded = hog
-        .run(
-            &claimed("hog", "{}"),
-            &RunContext::default(),
-            std::future::pending(),
-        )
-        .await;
+    let unbounded = run(&hog, "hog", "{}").await;
     assert_eq!(unbounded.result, Err(RunError::MemoryLimit(limit)));
 }
 
@@ -158,13 +128,7 @@ async fn memory_just_under_the_limit_works_and_over_it_fails() {
 async fn a_trap_is_reported_as_a_trap() {
     let sb = sandbox();
     let trap = load(&sb, "trap", limits(LOTS_OF_FUEL, 10_000, 64 << 20));
-    let report = trap
-        .run(
-            &claimed("trap", "{}"),
-            &RunContext::default(),
-            std::future::pending(),
-        )
-        .await;
+    let report = run(&trap, "trap", "{}").await;
     match report.result {
         Err(RunError::Trap(msg)) => assert!(msg.contains("unreachable"), "{msg}"),
         other => panic!("expected a trap, got {other:?}"),

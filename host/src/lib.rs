@@ -7,10 +7,12 @@
 //! - [`store`]: the [`store::Store`] trait (every transition fenced) and the
 //!   embedded SQLite backend with its single group-committing writer.
 //! - [`sandbox`]: the wasmtime engine, plugin compilation, and one limited
-//!   instance per attempt (fuel, epoch deadline, memory). No SQL.
+//!   instance per attempt (fuel, epoch deadline, memory), with the host's
+//!   imports: `log`, buffered `kv` and `outbox`, allowlisted wasi:http.
+//!   No SQL.
 //! - [`plugins`]: discovery of `<kind>.wasm` files.
 //! - [`executor`]: the [`executor::Host`]: producer, attempts, lease
-//!   keeper, rescuer, graceful shutdown.
+//!   keeper, rescuer, outbox relay, graceful shutdown.
 //! - [`config`]: raw TOML and the validated [`config::Config`].
 //! - [`time`]: milliseconds since the epoch and the injectable clock.
 //! - [`metrics`]: counters the host keeps about itself.

@@ -252,8 +252,22 @@ impl Host {
                 cancelled = n,
                 "grace period over: cancelling attempts in flight"
             );
-            while let Some(joined) = tasks.join_next().await {
-                report_panic(joined);
+            // Cancelled attempts only write their release; if the store
+            // cannot take even that within another grace period, stop
+            // waiting: their leases expire and the rescuer takes them back.
+            let released = tokio::time::timeout(grace, async {
+                while let Some(joined) = tasks.join_next().await {
+                    report_panic(joined);
+                }
+            })
+            .await;
+            if released.is_err() {
+                tracing::error!(
+                    left = tasks.len(),
+                    "attempts could not write their release in time; their leases will expire"
+                );
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
             }
         }
         let _ = stop_tx.send(true);

@@ -482,21 +482,7 @@ fn load_alone(
 
 /// A claimed job for runs that bypass the store.
 fn bench_job(kind: &str, payload: &str) -> ClaimedJob {
-    let now = SystemClock.now();
-    ClaimedJob {
-        id: 0,
-        kind: kind.into(),
-        queue: crate::job::DEFAULT_QUEUE.into(),
-        payload: payload.into(),
-        idempotency_key: "bench".into(),
-        priority: 0,
-        attempt: 1,
-        max_attempts: 1,
-        epoch: 1,
-        run_at: now,
-        attempted_at: now,
-        lease_expires_at: now,
-    }
+    ClaimedJob::detached(kind, payload, "bench", SystemClock.now())
 }
 
 /// Enqueue one job at a time into an idle host; enqueue → start.

@@ -289,6 +289,30 @@ pub struct ClaimedJob {
 }
 
 impl ClaimedJob {
+    /// A first attempt of a job that no store handed out: for running a
+    /// plugin on its own (a benchmark floor, `plugins run`, sandbox tests).
+    pub fn detached(
+        kind: &str,
+        payload: &str,
+        idempotency_key: &str,
+        now: Timestamp,
+    ) -> ClaimedJob {
+        ClaimedJob {
+            id: 1,
+            kind: kind.to_owned(),
+            queue: DEFAULT_QUEUE.to_owned(),
+            payload: payload.to_owned(),
+            idempotency_key: idempotency_key.to_owned(),
+            priority: 0,
+            attempt: 1,
+            max_attempts: 1,
+            epoch: 1,
+            run_at: now,
+            attempted_at: now,
+            lease_expires_at: now,
+        }
+    }
+
     pub fn fence(&self) -> Fence {
         Fence {
             id: self.id,

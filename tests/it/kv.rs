@@ -146,17 +146,7 @@ async fn kv_writes_of_a_stale_attempt_never_appear_while_the_new_holders_do() {
         kv(&other, "kv-stall", "owner").await.as_deref(),
         Some("new")
     );
-    let rec = h.job(id).await;
-    assert_eq!(rec.state, JobState::Completed);
-    assert_eq!(rec.output.as_deref(), Some(r#"{"by":"other"}"#));
-    let outcomes: Vec<_> = rec.attempts.iter().map(|a| (a.epoch, a.outcome)).collect();
-    assert_eq!(
-        outcomes,
-        vec![
-            (1, AttemptOutcome::LeaseExpired),
-            (2, AttemptOutcome::Completed)
-        ]
-    );
+    crate::support::assert_taken_over(h.store.as_ref(), id, r#"{"by":"other"}"#).await;
     other.close().await.unwrap();
 }
 

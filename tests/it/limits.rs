@@ -19,20 +19,7 @@ fn load(sandbox: &Sandbox, kind: &str, limits: Limits) -> Plugin {
 }
 
 fn claimed(kind: &str, payload: &str) -> ClaimedJob {
-    ClaimedJob {
-        id: 1,
-        kind: kind.into(),
-        queue: "default".into(),
-        payload: payload.into(),
-        idempotency_key: "k".into(),
-        priority: 0,
-        attempt: 1,
-        max_attempts: 1,
-        epoch: 1,
-        run_at: Timestamp(0),
-        attempted_at: Timestamp(0),
-        lease_expires_at: Timestamp(0),
-    }
+    ClaimedJob::detached(kind, payload, "k", Timestamp(0))
 }
 
 fn limits(fuel: u64, timeout_ms: u64, memory: usize) -> Limits {

@@ -268,17 +268,7 @@ async fn stale_worker_is_fenced_out_and_the_new_holder_wins() {
     // A second write-back of the same claim is fenced too.
     assert_eq!(store.finish(fresh_done).await.unwrap(), Fenced::FencedOut);
 
-    let rec = h.job(id).await;
-    assert_eq!(rec.state, JobState::Completed);
-    assert_eq!(rec.output.as_deref(), Some(r#"{"by":"fresh"}"#));
-    let outcomes: Vec<_> = rec.attempts.iter().map(|a| (a.epoch, a.outcome)).collect();
-    assert_eq!(
-        outcomes,
-        vec![
-            (1, AttemptOutcome::LeaseExpired),
-            (2, AttemptOutcome::Completed)
-        ]
-    );
+    crate::support::assert_taken_over(h.store.as_ref(), id, r#"{"by":"fresh"}"#).await;
 }
 
 #[tokio::test]

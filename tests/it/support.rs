@@ -110,6 +110,22 @@ impl Running {
     }
 }
 
+/// Asserts that job `id` was taken over: its first claim's lease expired
+/// and the second claim completed it with `output`.
+pub async fn assert_taken_over(store: &dyn Store, id: JobId, output: &str) {
+    let rec = store.job(id).await.unwrap().expect("job exists");
+    assert_eq!(rec.state, JobState::Completed);
+    assert_eq!(rec.output.as_deref(), Some(output));
+    let outcomes: Vec<_> = rec.attempts.iter().map(|a| (a.epoch, a.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            (1, jobbox::job::AttemptOutcome::LeaseExpired),
+            (2, jobbox::job::AttemptOutcome::Completed)
+        ]
+    );
+}
+
 /// Polls `check` until it returns `Some`, or panics after `timeout`.
 pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where

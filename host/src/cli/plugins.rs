@@ -114,18 +114,10 @@ async fn run_isolated(
         .with_context(|| format!("loading {}", path.display()))?;
     let now = SystemClock.now();
     let job = ClaimedJob {
-        id: 1,
-        kind: kind.to_owned(),
-        queue: crate::job::DEFAULT_QUEUE.to_owned(),
-        payload,
-        idempotency_key,
-        priority: 0,
         attempt,
         max_attempts: settings.retry.max_attempts.max(attempt),
         epoch: u64::from(attempt),
-        run_at: now,
-        attempted_at: now,
-        lease_expires_at: now.plus(config.host.lease),
+        ..ClaimedJob::detached(kind, &payload, &idempotency_key, now)
     };
     let ctx = RunContext {
         kv: Some(Arc::new(kv) as Arc<dyn KvSource>),

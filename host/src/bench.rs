@@ -391,8 +391,10 @@ async fn store_floor(
                 exclude_kinds: Vec::new(),
                 lease: config.host.lease,
                 worker: "bench".into(),
+                rates: Vec::new(),
             })
-            .await?;
+            .await?
+            .jobs;
         if jobs.is_empty() {
             match tasks.join_next().await {
                 Some(r) => r??,

@@ -11,9 +11,16 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+use crate::job::AttemptOutcome;
 use crate::outbox::OutboxConfig;
-use crate::sandbox::{DEFAULT_HTTP_MAX_RESPONSE, Grants, HttpRule, Limits};
+use crate::plugins::PluginSettings;
+use crate::policy::{BreakerPolicy, RateLimit, parse_rate};
+use crate::retention::RetentionConfig;
+use crate::sandbox::HttpRule;
+use crate::schedule::SchedulerConfig;
 use crate::store::sqlite::{SqliteOptions, Synchronous};
+
+pub use crate::time::parse_duration;
 
 /// The validated configuration.
 #[derive(Clone, Debug)]
@@ -26,6 +33,10 @@ pub struct Config {
     pub plugins: BTreeMap<String, PluginSettings>,
     /// The outbox relay and its sinks.
     pub outbox: OutboxConfig,
+    /// The scheduler loop.
+    pub scheduler: SchedulerConfig,
+    /// How long finished jobs and compacted rows are kept.
+    pub retention: RetentionConfig,
 }
 
 /// Settings of the host process.
@@ -51,48 +62,6 @@ pub struct HostConfig {
     pub pooling: bool,
     /// This host's name in leases and logs.
     pub worker_id: String,
-}
-
-/// What applies to one plugin kind.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct PluginSettings {
-    #[serde(flatten)]
-    pub limits: Limits,
-    /// Attempts of this kind in flight at once (never more than the host's).
-    pub concurrency: u32,
-    pub retry: RetryPolicy,
-    /// Capabilities beyond plain WASI; none by default.
-    pub grants: Grants,
-}
-
-/// Backoff between attempts: `min(max, base * 2^(attempt-1))` plus up to
-/// `jitter` of that at random. A plugin's `retry-after` replaces the
-/// exponential part (still capped at `max`).
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
-pub struct RetryPolicy {
-    /// Attempts a job gets when enqueue does not say.
-    pub max_attempts: u32,
-    #[serde(serialize_with = "ser_duration")]
-    pub base: Duration,
-    #[serde(serialize_with = "ser_duration")]
-    pub max: Duration,
-    /// Fraction of the delay added at random, in `[0, 1]`.
-    pub jitter: f64,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: 5,
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(3600),
-            jitter: 0.1,
-        }
-    }
-}
-
-fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&humantime::format_duration(*d).to_string())
 }
 
 impl Config {
@@ -184,13 +153,8 @@ impl Config {
 
         let outbox = outbox_config(raw.outbox.unwrap_or_default())?;
         let builtin = PluginSettings {
-            limits: Limits::default(),
             concurrency: host.concurrency,
-            retry: RetryPolicy::default(),
-            grants: Grants {
-                http_max_response: DEFAULT_HTTP_MAX_RESPONSE,
-                ..Grants::default()
-            },
+            ..PluginSettings::default()
         };
         let raw_defaults = raw.defaults.unwrap_or_default();
         if raw_defaults.kv.is_some()
@@ -200,6 +164,9 @@ impl Config {
             bail!(
                 "defaults: capabilities (kv, outbox_topics, http_allow) are granted per plugin, in [plugins.<kind>]"
             );
+        }
+        if raw_defaults.rate.is_some() || raw_defaults.burst.is_some() {
+            bail!("defaults: a rate limit is set per plugin, in [plugins.<kind>]");
         }
         let defaults = overlay(
             "defaults",
@@ -216,13 +183,43 @@ impl Config {
             let settings = overlay(&prefix, &defaults, p, host.concurrency, &outbox)?;
             plugins.insert(kind, settings);
         }
-        Ok(Config {
+        let scheduler = scheduler_config(raw.scheduler.unwrap_or_default())?;
+        let retention = retention_config(raw.retention.unwrap_or_default())?;
+        let config = Config {
             store,
             host,
             defaults,
             plugins,
             outbox,
-        })
+            scheduler,
+            retention,
+        };
+        if let Some(keep) = config.retention.kv_tombstones {
+            // A tombstone must outlive every attempt that could have read
+            // the key before it was deleted (see RetentionConfig).
+            let longest = config.longest_attempt();
+            if keep <= longest {
+                bail!(
+                    "retention.kv_tombstones: must be longer than the longest attempt ({}: the largest timeout plus two leases)",
+                    humantime::format_duration(longest)
+                );
+            }
+        }
+        Ok(config)
+    }
+
+    /// The longest an attempt can take from its claim to its write-back:
+    /// the largest timeout, plus a lease of write-back retries, plus a
+    /// lease of slack.
+    pub fn longest_attempt(&self) -> Duration {
+        let timeout = self
+            .plugins
+            .values()
+            .map(|p| p.limits.timeout)
+            .chain([self.defaults.limits.timeout])
+            .max()
+            .unwrap_or_default();
+        timeout + self.host.lease * 2
     }
 
     /// The settings for `kind`.
@@ -286,6 +283,59 @@ fn outbox_config(raw: RawOutbox) -> anyhow::Result<OutboxConfig> {
     Ok(o)
 }
 
+fn scheduler_config(raw: RawScheduler) -> anyhow::Result<SchedulerConfig> {
+    let mut s = SchedulerConfig::default();
+    if let Some(e) = raw.enabled {
+        s.enabled = e;
+    }
+    s.refresh = opt_duration("scheduler.refresh", &raw.refresh, s.refresh)?;
+    if s.refresh.is_zero() {
+        bail!("scheduler.refresh: must be greater than zero");
+    }
+    if let Some(b) = raw.batch {
+        s.batch = positive("scheduler.batch", b)?;
+    }
+    Ok(s)
+}
+
+fn retention_config(raw: RawRetention) -> anyhow::Result<RetentionConfig> {
+    let mut r = RetentionConfig::default();
+    let keep =
+        |key: &str, v: &Option<String>, d: Option<Duration>| -> anyhow::Result<Option<Duration>> {
+            match v.as_deref().map(str::trim) {
+                None => Ok(d),
+                Some("forever") => Ok(None),
+                Some(text) => {
+                    let d = duration(key, text)?;
+                    if d.is_zero() {
+                        bail!("{key}: must be greater than zero (or \"forever\")");
+                    }
+                    Ok(Some(d))
+                }
+            }
+        };
+    r.completed = keep("retention.completed", &raw.completed, r.completed)?;
+    r.discarded = keep("retention.discarded", &raw.discarded, r.discarded)?;
+    r.kv_tombstones = keep(
+        "retention.kv_tombstones",
+        &raw.kv_tombstones,
+        r.kv_tombstones,
+    )?;
+    r.delivered_events = keep(
+        "retention.delivered_events",
+        &raw.delivered_events,
+        r.delivered_events,
+    )?;
+    r.interval = opt_duration("retention.interval", &raw.interval, r.interval)?;
+    if r.interval.is_zero() {
+        bail!("retention.interval: must be greater than zero");
+    }
+    if let Some(b) = raw.batch {
+        r.batch = positive("retention.batch", b)?;
+    }
+    Ok(r)
+}
+
 fn overlay(
     prefix: &str,
     base: &PluginSettings,
@@ -297,16 +347,16 @@ fn overlay(
     if let Some(kv) = raw.kv {
         s.grants.kv = kv;
     }
-    for topic in raw.outbox_topics.unwrap_or_default() {
-        let Some(url) = outbox.sinks.get(&topic) else {
+    for topic in raw.outbox_topics.iter().flatten() {
+        let Some(url) = outbox.sinks.get(topic) else {
             bail!(
                 "{prefix}.outbox_topics: no sink for topic {topic:?} (add [outbox.sinks.{topic}] with a url)"
             );
         };
-        s.grants.outbox_topics.insert(topic, url.clone());
+        s.grants.outbox_topics.insert(topic.clone(), url.clone());
     }
-    for (i, rule) in raw.http_allow.unwrap_or_default().into_iter().enumerate() {
-        let parsed = HttpRule::parse(&rule.url, rule.methods)
+    for (i, rule) in raw.http_allow.iter().flatten().enumerate() {
+        let parsed = HttpRule::parse(&rule.url, rule.methods.clone())
             .map_err(|e| anyhow::anyhow!("{prefix}.http_allow[{i}]: {e}"))?;
         s.grants.http.push(parsed);
     }
@@ -357,7 +407,108 @@ fn overlay(
         }
         s.retry.jitter = j;
     }
+    if let Some(m) = &raw.max_payload {
+        let key = format!("{prefix}.max_payload");
+        s.max_payload = m.bytes(&key)?;
+        if s.max_payload == 0 {
+            bail!("{key}: must be greater than zero");
+        }
+    }
+    if let Some(m) = &raw.max_output {
+        let key = format!("{prefix}.max_output");
+        s.limits.max_output = m.bytes(&key)?;
+        if s.limits.max_output == 0 {
+            bail!("{key}: must be greater than zero");
+        }
+    }
+    if let Some(n) = raw.max_conflicts {
+        s.max_conflicts = n;
+    }
+    s.breaker = breaker_policy(prefix, s.breaker.take(), &raw)?;
+    if let Some(rate) = &raw.rate {
+        let (count, period) =
+            parse_rate(rate).map_err(|e| anyhow::anyhow!("{prefix}.rate: {e}"))?;
+        s.rate = Some(RateLimit {
+            count,
+            period,
+            burst: 1,
+        });
+    }
+    if let Some(burst) = raw.burst {
+        let Some(rate) = &mut s.rate else {
+            bail!("{prefix}.burst: needs a rate");
+        };
+        rate.burst = positive(&format!("{prefix}.burst"), burst)?;
+    }
     Ok(s)
+}
+
+/// The breaker after the `breaker_*` keys of `raw`: `breaker_failures = 0`
+/// turns it off.
+fn breaker_policy(
+    prefix: &str,
+    base: Option<BreakerPolicy>,
+    raw: &RawPlugin,
+) -> anyhow::Result<Option<BreakerPolicy>> {
+    if raw.breaker_failures == Some(0) {
+        if raw.breaker_window.is_some()
+            || raw.breaker_cooldown.is_some()
+            || raw.breaker_outcomes.is_some()
+        {
+            bail!(
+                "{prefix}.breaker_failures: is 0 (off), so the other breaker keys have no effect"
+            );
+        }
+        return Ok(None);
+    }
+    let touched = raw.breaker_failures.is_some()
+        || raw.breaker_window.is_some()
+        || raw.breaker_cooldown.is_some()
+        || raw.breaker_outcomes.is_some();
+    let mut b = match base {
+        Some(b) => b,
+        None if touched => BreakerPolicy::default(),
+        None => return Ok(None),
+    };
+    if let Some(n) = raw.breaker_failures {
+        b.failures = n;
+    }
+    if let Some(w) = &raw.breaker_window {
+        b.window = duration(&format!("{prefix}.breaker_window"), w)?;
+        if b.window.is_zero() {
+            bail!("{prefix}.breaker_window: must be greater than zero");
+        }
+    }
+    if let Some(c) = &raw.breaker_cooldown {
+        b.cooldown = duration(&format!("{prefix}.breaker_cooldown"), c)?;
+        if b.cooldown.is_zero() {
+            bail!("{prefix}.breaker_cooldown: must be greater than zero");
+        }
+    }
+    if let Some(list) = &raw.breaker_outcomes {
+        let key = format!("{prefix}.breaker_outcomes");
+        if list.is_empty() {
+            bail!("{key}: list at least one outcome (or set breaker_failures = 0 to turn it off)");
+        }
+        b.outcomes = list
+            .iter()
+            .map(|o| {
+                let outcome: AttemptOutcome = o
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("{key}: {e}"))?;
+                if !BreakerPolicy::COUNTABLE.contains(&outcome) {
+                    bail!(
+                        "{key}: {o:?} says nothing about the plugin (countable: {})",
+                        BreakerPolicy::COUNTABLE
+                            .map(AttemptOutcome::as_str)
+                            .join(", ")
+                    );
+                }
+                Ok(outcome)
+            })
+            .collect::<anyhow::Result<_>>()?;
+    }
+    Ok(Some(b))
 }
 
 /// The config file as written. Every field is optional.
@@ -369,6 +520,27 @@ pub struct RawConfig {
     pub defaults: Option<RawPlugin>,
     pub plugins: Option<BTreeMap<String, RawPlugin>>,
     pub outbox: Option<RawOutbox>,
+    pub scheduler: Option<RawScheduler>,
+    pub retention: Option<RawRetention>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScheduler {
+    pub enabled: Option<bool>,
+    pub refresh: Option<String>,
+    pub batch: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub completed: Option<String>,
+    pub discarded: Option<String>,
+    pub kv_tombstones: Option<String>,
+    pub delivered_events: Option<String>,
+    pub interval: Option<String>,
+    pub batch: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -436,6 +608,15 @@ pub struct RawPlugin {
     pub outbox_topics: Option<Vec<String>>,
     pub http_allow: Option<Vec<RawHttpRule>>,
     pub http_max_response: Option<RawSize>,
+    pub max_payload: Option<RawSize>,
+    pub max_output: Option<RawSize>,
+    pub max_conflicts: Option<u32>,
+    pub breaker_failures: Option<u32>,
+    pub breaker_window: Option<String>,
+    pub breaker_cooldown: Option<String>,
+    pub breaker_outcomes: Option<Vec<String>>,
+    pub rate: Option<String>,
+    pub burst: Option<u32>,
 }
 
 /// A size: bytes as an integer, or a string such as `"64MiB"`.
@@ -481,11 +662,6 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     n.checked_mul(mult)
         .and_then(|b| usize::try_from(b).ok())
         .ok_or_else(|| format!("size {s:?} is too large"))
-}
-
-/// Parses a duration such as `"250ms"`, `"30s"`, `"1h 30m"`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
 fn duration(key: &str, s: &str) -> anyhow::Result<Duration> {
@@ -588,7 +764,7 @@ mod tests {
         assert!(!a.grants.kv);
         assert_eq!(
             config.plugin("unknown").limits.memory,
-            Limits::default().memory
+            crate::sandbox::Limits::default().memory
         );
         assert_eq!(config.store.path, Path::new("/etc/jobbox/jobbox.db"));
     }

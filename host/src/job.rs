@@ -123,10 +123,17 @@ pub enum AttemptOutcome {
     /// The worker stopped renewing its lease (it crashed or hung) and the
     /// rescuer took the job back.
     LeaseExpired,
+    /// The plugin returned an output, but a kv key it read had changed by
+    /// the time it committed: nothing of it was written. Not the plugin's
+    /// failure: within the job's conflict budget the attempt is given back.
+    KvConflict,
+    /// The plugin returned an output larger than its `max_output`: it is
+    /// not stored, and the job is discarded.
+    OutputTooLarge,
 }
 
 impl AttemptOutcome {
-    pub const ALL: [AttemptOutcome; 11] = [
+    pub const ALL: [AttemptOutcome; 13] = [
         AttemptOutcome::Completed,
         AttemptOutcome::RetryableError,
         AttemptOutcome::PermanentError,
@@ -138,6 +145,8 @@ impl AttemptOutcome {
         AttemptOutcome::Cancelled,
         AttemptOutcome::HostShutdown,
         AttemptOutcome::LeaseExpired,
+        AttemptOutcome::KvConflict,
+        AttemptOutcome::OutputTooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -153,6 +162,8 @@ impl AttemptOutcome {
             AttemptOutcome::Cancelled => "cancelled",
             AttemptOutcome::HostShutdown => "host_shutdown",
             AttemptOutcome::LeaseExpired => "lease_expired",
+            AttemptOutcome::KvConflict => "kv_conflict",
+            AttemptOutcome::OutputTooLarge => "output_too_large",
         }
     }
 }
@@ -188,25 +199,82 @@ pub fn effective_idempotency_key(id: JobId, given: Option<&str>) -> String {
 /// collide.
 pub const DERIVED_KEY_PREFIX: &str = "jobbox-job-";
 
+/// Keys of schedules' jobs (`schedule:<id>:<nominal time>`) start with
+/// this; given keys may not.
+pub const SCHEDULE_KEY_PREFIX: &str = "schedule:";
+
 impl NewJob {
-    /// Checks what the store cannot: the idempotency key and callback URL.
+    /// Checks what the store cannot: the idempotency key, the queue and the
+    /// concurrency key. (The callback URL and the payload's size are
+    /// checked against the configuration by [`crate::enqueue`].)
     pub fn validate(&self) -> Result<(), String> {
         if let Some(key) = &self.idempotency_key {
             if key.is_empty() || key.len() > 256 {
-                return Err("the idempotency key must be 1 to 256 bytes".into());
+                return Err("idempotency key: must be 1 to 256 bytes".into());
             }
-            if key.starts_with(DERIVED_KEY_PREFIX) {
-                return Err(format!(
-                    "idempotency keys starting with {DERIVED_KEY_PREFIX:?} are reserved for derived keys"
-                ));
+            for reserved in [DERIVED_KEY_PREFIX, SCHEDULE_KEY_PREFIX] {
+                if key.starts_with(reserved) {
+                    return Err(format!(
+                        "idempotency key: keys starting with {reserved:?} are reserved for jobbox's own"
+                    ));
+                }
             }
         }
-        if let Some(url) = &self.callback_url {
-            crate::sandbox::HttpRule::parse(url, None).map_err(|e| format!("callback: {e}"))?;
+        validate_queue(&self.queue).map_err(|e| format!("queue: {e}"))?;
+        match (&self.concurrency_key, self.concurrency_limit) {
+            (Some(key), limit) => {
+                validate_concurrency_key(key).map_err(|e| format!("concurrency key: {e}"))?;
+                if limit == Some(0) {
+                    return Err("concurrency limit: must be at least 1".into());
+                }
+            }
+            (None, Some(_)) => return Err("concurrency limit: needs a concurrency key".into()),
+            (None, None) => {}
         }
         Ok(())
     }
 }
+
+/// Queue names: 1 to 64 letters, digits, `-`, `_` or `.`.
+pub fn validate_queue(queue: &str) -> Result<(), String> {
+    let ok = !queue.is_empty()
+        && queue.len() <= 64
+        && queue
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid queue {queue:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+/// Concurrency keys: 1 to 256 bytes of printable text.
+pub fn validate_concurrency_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > 256 || key.chars().any(char::is_control) {
+        return Err(format!(
+            "invalid concurrency key {key:?}: use 1 to 256 bytes, no control characters"
+        ));
+    }
+    if key.starts_with(CONFLICT_KEY_PREFIX) {
+        return Err(format!(
+            "concurrency keys starting with {CONFLICT_KEY_PREFIX:?} are reserved for jobbox's own"
+        ));
+    }
+    Ok(())
+}
+
+/// The concurrency key jobbox gives a job that lost a kv conflict on
+/// `key` of `namespace`, if it had none: the jobs that lost on the same
+/// key then run one at a time, instead of conflicting again.
+pub fn conflict_concurrency_key(namespace: &str, key: &str) -> String {
+    format!("{CONFLICT_KEY_PREFIX}{namespace}:{key}")
+}
+
+/// The prefix of [`conflict_concurrency_key`].
+pub const CONFLICT_KEY_PREFIX: &str = "kv:";
 
 /// A job to enqueue.
 #[derive(Clone, Debug)]
@@ -225,6 +293,12 @@ pub struct NewJob {
     /// Where to deliver the job's result when it ends (completed or
     /// discarded), through the outbox.
     pub callback_url: Option<String>,
+    /// At most `concurrency_limit` (default 1) jobs with this key run at
+    /// once, across every host on the database.
+    pub concurrency_key: Option<String>,
+    pub concurrency_limit: Option<u32>,
+    /// The schedule whose fire enqueued it.
+    pub schedule_id: Option<String>,
 }
 
 /// `max_attempts` when neither the job nor the configuration says.
@@ -246,6 +320,9 @@ impl NewJob {
             run_at: None,
             max_attempts: None,
             callback_url: None,
+            concurrency_key: None,
+            concurrency_limit: None,
+            schedule_id: None,
         })
     }
 }
@@ -375,6 +452,40 @@ pub struct Finish {
     /// The attempt's side effects, committed with a `Complete` transition
     /// and only then. Empty for every other transition.
     pub effects: Effects,
+    /// What to write instead of a `Complete` whose kv reads changed.
+    pub on_conflict: Option<ConflictRetry>,
+    /// How the attempt counts for its plugin's circuit breaker, if at all.
+    pub breaker: Option<BreakerCount>,
+}
+
+/// The write-back of a completion whose kv reads were overtaken: the job is
+/// retried at `run_at` with the attempt given back, as outcome
+/// `kv_conflict`, and serialized with the other losers on the same key
+/// ([`conflict_concurrency_key`]) unless it has a concurrency key of its
+/// own. Once the job has had `max_conflicts` conflicts, a conflict uses up
+/// the attempt like a failure: retried at `fallback_run_at`, or discarded
+/// if that is `None` (it was the last attempt).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConflictRetry {
+    pub run_at: Timestamp,
+    pub max_conflicts: u32,
+    pub fallback_run_at: Option<Timestamp>,
+}
+
+/// An attempt's count for its plugin's circuit breaker: the policy's
+/// parameters travel with it, the breaker's state is in the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BreakerCount {
+    pub kind: String,
+    /// A failure (else a success).
+    pub failed: bool,
+    /// Consecutive failures that open the breaker.
+    pub threshold: u32,
+    /// A streak older than this starts over.
+    pub window: std::time::Duration,
+    /// How long it stays open before a probe.
+    pub cooldown: std::time::Duration,
+    pub error: Option<String>,
 }
 
 impl Finish {
@@ -392,6 +503,8 @@ impl Finish {
             },
             transition: Transition::Complete { output },
             effects: Effects::default(),
+            on_conflict: None,
+            breaker: None,
         }
     }
 }
@@ -469,6 +582,12 @@ pub struct JobRecord {
     pub idempotency_key: String,
     /// Where the job's result is POSTed when it ends, if anywhere.
     pub callback_url: Option<String>,
+    pub concurrency_key: Option<String>,
+    pub concurrency_limit: Option<u32>,
+    /// kv conflicts so far (attempts given back).
+    pub conflicts: u32,
+    /// The schedule whose fire enqueued it.
+    pub schedule_id: Option<String>,
     #[serde(serialize_with = "as_json_value")]
     pub payload: String,
     #[serde(serialize_with = "as_opt_json_value")]
@@ -500,7 +619,25 @@ pub struct AttemptRow {
 pub struct JobFilter {
     pub state: Option<JobState>,
     pub kind: Option<String>,
+    pub queue: Option<String>,
+    pub concurrency_key: Option<String>,
     pub limit: Option<u32>,
+}
+
+/// The most bytes of error text stored per attempt (and on the job).
+pub const MAX_ERROR_TEXT: usize = 2048;
+
+/// `text` cut to at most `max` bytes on a character boundary, saying how
+/// much was cut.
+pub fn cap_text(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max.saturating_sub(40);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} [... {} more bytes]", &text[..end], text.len() - end)
 }
 
 impl Serialize for Timestamp {

@@ -32,6 +32,18 @@ pub struct Metrics {
     pub events_retried: AtomicU64,
     /// Events that failed for good (refused, or attempts used up).
     pub events_failed: AtomicU64,
+    /// Jobs inserted by schedules' fires.
+    pub schedule_fires: AtomicU64,
+    /// Fires that passed during downtime and were not made.
+    pub schedule_missed: AtomicU64,
+    /// Fires not made because the previous fire's job was unfinished.
+    pub schedule_skipped: AtomicU64,
+    /// Circuit breakers' changes of state.
+    pub breaker_opened: AtomicU64,
+    pub breaker_half_opened: AtomicU64,
+    pub breaker_closed: AtomicU64,
+    /// Jobs deleted by the cleaner.
+    pub cleaned_jobs: AtomicU64,
     /// The most recent relay iteration with events, for health checks.
     last_relay: Mutex<Option<RelaySummary>>,
     outcomes: [AtomicU64; AttemptOutcome::ALL.len()],
@@ -99,6 +111,10 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn add(&self, counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn outcome(&self, outcome: AttemptOutcome) -> u64 {
         self.outcomes[outcome as usize].load(Ordering::Relaxed)
     }
@@ -118,6 +134,13 @@ impl Metrics {
             events_delivered: load(&self.events_delivered),
             events_retried: load(&self.events_retried),
             events_failed: load(&self.events_failed),
+            schedule_fires: load(&self.schedule_fires),
+            schedule_missed: load(&self.schedule_missed),
+            schedule_skipped: load(&self.schedule_skipped),
+            breaker_opened: load(&self.breaker_opened),
+            breaker_half_opened: load(&self.breaker_half_opened),
+            breaker_closed: load(&self.breaker_closed),
+            cleaned_jobs: load(&self.cleaned_jobs),
             last_relay: self
                 .last_relay
                 .lock()
@@ -150,6 +173,13 @@ pub struct MetricsSnapshot {
     pub events_delivered: u64,
     pub events_retried: u64,
     pub events_failed: u64,
+    pub schedule_fires: u64,
+    pub schedule_missed: u64,
+    pub schedule_skipped: u64,
+    pub breaker_opened: u64,
+    pub breaker_half_opened: u64,
+    pub breaker_closed: u64,
+    pub cleaned_jobs: u64,
     pub last_relay: Option<RelaySummary>,
     pub outcomes: std::collections::BTreeMap<&'static str, u64>,
     pub last_progress: Option<Timestamp>,

@@ -158,7 +158,7 @@ pub struct OutboxConfig {
     /// Timeout of one delivery request, connect included.
     pub request_timeout: Duration,
     /// Retries: the same formula as jobs.
-    pub retry: crate::config::RetryPolicy,
+    pub retry: crate::policy::RetryPolicy,
     /// Topic → webhook URL.
     pub sinks: std::collections::BTreeMap<String, String>,
 }
@@ -170,7 +170,7 @@ impl Default for OutboxConfig {
             poll_interval: Duration::from_millis(100),
             batch: 32,
             request_timeout: Duration::from_secs(10),
-            retry: crate::config::RetryPolicy {
+            retry: crate::policy::RetryPolicy {
                 max_attempts: 20,
                 base: Duration::from_secs(1),
                 max: Duration::from_secs(600),

@@ -9,8 +9,54 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{Config, PluginSettings};
-use crate::sandbox::{Plugin, Sandbox};
+use crate::policy::{BreakerPolicy, RateLimit, RetryPolicy};
+use crate::sandbox::{Grants, Limits, Plugin, Sandbox};
+
+/// What applies to one plugin kind: its sandbox limits and grants, how its
+/// jobs are retried, its safeguards and the size of what goes in.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PluginSettings {
+    #[serde(flatten)]
+    pub limits: Limits,
+    /// Attempts of this kind in flight at once (never more than the host's).
+    pub concurrency: u32,
+    pub retry: RetryPolicy,
+    /// Capabilities beyond plain WASI; none by default.
+    pub grants: Grants,
+    /// The largest payload an enqueue of this kind may carry, in bytes.
+    pub max_payload: usize,
+    /// kv conflicts a job may have with its attempt given back; past it, a
+    /// conflict uses up the attempt.
+    pub max_conflicts: u32,
+    /// The circuit breaker; `None` if disabled.
+    pub breaker: Option<BreakerPolicy>,
+    /// The rate limit; `None`: unlimited.
+    pub rate: Option<RateLimit>,
+}
+
+/// `max_payload` when the configuration does not say: 1 MiB.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
+
+/// `max_conflicts` when the configuration does not say.
+pub const DEFAULT_MAX_CONFLICTS: u32 = 100;
+
+impl Default for PluginSettings {
+    fn default() -> PluginSettings {
+        PluginSettings {
+            limits: Limits::default(),
+            concurrency: u32::MAX,
+            retry: RetryPolicy::default(),
+            grants: Grants {
+                http_max_response: crate::sandbox::DEFAULT_HTTP_MAX_RESPONSE,
+                ..Grants::default()
+            },
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            max_conflicts: DEFAULT_MAX_CONFLICTS,
+            breaker: Some(BreakerPolicy::default()),
+            rate: None,
+        }
+    }
+}
 
 /// The loaded plugins by kind, and what was rejected.
 #[derive(Debug, Default)]
@@ -35,9 +81,13 @@ pub struct Rejected {
 }
 
 impl PluginRegistry {
-    /// Loads every `*.wasm` file in `config.host.plugins_dir`.
-    pub fn load(sandbox: &Sandbox, config: &Config) -> PluginRegistry {
-        let dir = &config.host.plugins_dir;
+    /// Loads every `*.wasm` file in `dir`, each with the settings
+    /// `settings` gives for its kind.
+    pub fn load(
+        sandbox: &Sandbox,
+        dir: &Path,
+        settings: impl Fn(&str) -> PluginSettings,
+    ) -> PluginRegistry {
         let mut registry = PluginRegistry::default();
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
@@ -52,7 +102,7 @@ impl PluginRegistry {
             .collect();
         paths.sort();
         for path in paths {
-            match load_one(sandbox, config, &path) {
+            match load_one(sandbox, &settings, &path) {
                 Ok((kind, loaded)) => {
                     tracing::info!(plugin = %kind, path = %path.display(), "plugin loaded");
                     registry.plugins.insert(kind, loaded);
@@ -81,7 +131,7 @@ impl PluginRegistry {
 
 fn load_one(
     sandbox: &Sandbox,
-    config: &Config,
+    settings: &impl Fn(&str) -> PluginSettings,
     path: &Path,
 ) -> Result<(String, LoadedPlugin), String> {
     let kind = path
@@ -90,7 +140,7 @@ fn load_one(
         .ok_or_else(|| format!("{}: file name is not valid UTF-8", path.display()))?
         .to_owned();
     validate_kind(&kind).map_err(|e| format!("{}: {e}", path.display()))?;
-    let settings = config.plugin(&kind).clone();
+    let settings = settings(&kind);
     let plugin = sandbox
         .load_with_grants(&kind, path, settings.limits, settings.grants.clone())
         .map_err(|e| format!("{}: {e:#}", path.display()))?;

@@ -51,6 +51,11 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// Parses a duration such as `"250ms"`, `"30s"`, `"1h 30m"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
 /// Converts a duration to whole milliseconds, saturating at `i64::MAX`.
 pub fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)

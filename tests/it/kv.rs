@@ -99,9 +99,11 @@ async fn kv_writes_of_a_stale_attempt_never_appear_while_the_new_holders_do() {
             exclude_kinds: vec![],
             lease: Duration::from_secs(60),
             worker: "other".into(),
+            rates: Vec::new(),
         })
         .await
         .unwrap()
+        .jobs
         .remove(0);
     assert_eq!(claimed.epoch, 2);
     let finish = Finish {
@@ -122,8 +124,10 @@ async fn kv_writes_of_a_stale_attempt_never_appear_while_the_new_holders_do() {
             kv_writes: vec![("owner".into(), Some(b"new".to_vec()))],
             ..Effects::default()
         },
+        on_conflict: None,
+        breaker: None,
     };
-    assert_eq!(other.finish(finish).await.unwrap(), Fenced::Applied);
+    assert_eq!(other.finish(finish).await.unwrap().fenced, Fenced::Applied);
 
     // The first host's next renewal finds the job gone and abandons its
     // attempt; whatever the plugin does afterwards is not written.

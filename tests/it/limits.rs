@@ -27,6 +27,7 @@ fn limits(fuel: u64, timeout_ms: u64, memory: usize) -> Limits {
         fuel,
         timeout: Duration::from_millis(timeout_ms),
         memory,
+        ..Limits::default()
     }
 }
 

@@ -159,9 +159,11 @@ async fn commit_events(h: &Harness, events: Vec<(&str, String)>) {
             exclude_kinds: vec![],
             lease: Duration::from_secs(60),
             worker: "t".into(),
+            rates: Vec::new(),
         })
         .await
         .unwrap()
+        .jobs
         .remove(0);
     let events = events
         .into_iter()
@@ -191,8 +193,10 @@ async fn commit_events(h: &Harness, events: Vec<(&str, String)>) {
             events,
             ..Effects::default()
         },
+        on_conflict: None,
+        breaker: None,
     };
-    assert_eq!(store.finish(finish).await.unwrap(), Fenced::Applied);
+    assert_eq!(store.finish(finish).await.unwrap().fenced, Fenced::Applied);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

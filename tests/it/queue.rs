@@ -18,6 +18,7 @@ fn claim_req(now: Timestamp, limit: u32, worker: &str) -> ClaimRequest {
         exclude_kinds: Vec::new(),
         lease: Duration::from_secs(30),
         worker: worker.into(),
+        rates: Vec::new(),
     }
 }
 
@@ -131,7 +132,7 @@ async fn claim_order_is_priority_then_run_at_then_id() {
 
     let mut order = Vec::new();
     loop {
-        let got = store.claim(claim_req(t, 1, "w")).await.unwrap();
+        let got = store.claim(claim_req(t, 1, "w")).await.unwrap().jobs;
         let Some(j) = got.first() else { break };
         order.push(j.id);
     }
@@ -153,6 +154,7 @@ async fn claim_order_is_priority_then_run_at_then_id() {
         .claim(claim_req(t, 100, "w"))
         .await
         .unwrap()
+        .jobs
         .iter()
         .map(|j| j.id)
         .collect();
@@ -182,13 +184,14 @@ async fn two_claimers_never_hold_the_same_job() {
                 let jobs = store
                     .claim(claim_req(now, 7, &format!("w{w}")))
                     .await
-                    .unwrap();
+                    .unwrap()
+                    .jobs;
                 if jobs.is_empty() {
                     break;
                 }
                 for j in &jobs {
                     assert_eq!(
-                        store.finish(complete(j, "{}", now)).await.unwrap(),
+                        store.finish(complete(j, "{}", now)).await.unwrap().fenced,
                         Fenced::Applied
                     );
                     mine.push(j.id);
@@ -231,7 +234,7 @@ async fn stale_worker_is_fenced_out_and_the_new_holder_wins() {
 
     let mut req = claim_req(clock.now(), 1, "stale");
     req.lease = Duration::from_secs(5);
-    let stale = store.claim(req).await.unwrap().remove(0);
+    let stale = store.claim(req).await.unwrap().jobs.remove(0);
     assert_eq!((stale.attempt, stale.epoch), (1, 1));
 
     // The stale worker stops renewing; its lease runs out and the rescuer
@@ -247,12 +250,16 @@ async fn stale_worker_is_fenced_out_and_the_new_holder_wins() {
         .claim(claim_req(clock.now(), 1, "fresh"))
         .await
         .unwrap()
+        .jobs
         .remove(0);
     assert_eq!((fresh.id, fresh.attempt, fresh.epoch), (id, 2, 2));
 
     // The stale worker wakes up and writes back: fenced out, nothing kept.
     let stale_done = complete(&stale, r#"{"by":"stale"}"#, clock.now());
-    assert_eq!(store.finish(stale_done).await.unwrap(), Fenced::FencedOut);
+    assert_eq!(
+        store.finish(stale_done).await.unwrap().fenced,
+        Fenced::FencedOut
+    );
     // Nor can it renew its lease.
     let renew = store.extend_leases(
         vec![stale.fence()],
@@ -262,11 +269,14 @@ async fn stale_worker_is_fenced_out_and_the_new_holder_wins() {
 
     let fresh_done = complete(&fresh, r#"{"by":"fresh"}"#, clock.now());
     assert_eq!(
-        store.finish(fresh_done.clone()).await.unwrap(),
+        store.finish(fresh_done.clone()).await.unwrap().fenced,
         Fenced::Applied
     );
     // A second write-back of the same claim is fenced too.
-    assert_eq!(store.finish(fresh_done).await.unwrap(), Fenced::FencedOut);
+    assert_eq!(
+        store.finish(fresh_done).await.unwrap().fenced,
+        Fenced::FencedOut
+    );
 
     crate::support::assert_taken_over(h.store.as_ref(), id, r#"{"by":"fresh"}"#).await;
 }
@@ -282,7 +292,7 @@ async fn rescuer_does_not_take_a_lease_renewed_since_it_looked() {
         .unwrap();
     let mut req = claim_req(clock.now(), 1, "w");
     req.lease = Duration::from_secs(5);
-    let claimed = store.claim(req).await.unwrap().remove(0);
+    let claimed = store.claim(req).await.unwrap().jobs.remove(0);
     clock.advance(Duration::from_secs(6));
     let expired = store.expired_leases(clock.now(), 10).await.unwrap();
     assert_eq!(expired.len(), 1);
@@ -358,14 +368,19 @@ async fn operator_retry_and_cancel_follow_the_state_machine() {
     let mut one_shot = job("echo", "{}");
     one_shot.max_attempts = Some(1);
     let id = store.enqueue(vec![one_shot], now).await.unwrap()[0].id;
-    let claimed = store.claim(claim_req(now, 1, "w")).await.unwrap().remove(0);
+    let claimed = store
+        .claim(claim_req(now, 1, "w"))
+        .await
+        .unwrap()
+        .jobs
+        .remove(0);
     let discard = Finish {
         transition: Transition::Discard {
             error: "boom".into(),
         },
         ..complete(&claimed, "", now)
     };
-    assert_eq!(store.finish(discard).await.unwrap(), Fenced::Applied);
+    assert_eq!(store.finish(discard).await.unwrap().fenced, Fenced::Applied);
     assert_eq!(h.job(id).await.state, JobState::Discarded);
 
     // retry: discarded → available, with one more attempt allowed.

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use jobbox::config::RetryPolicy;
 use jobbox::job::{AttemptOutcome, JobState};
+use jobbox::policy::RetryPolicy;
 
 use crate::support::{Harness, job};
 

@@ -15,6 +15,10 @@ pub enum JobsCommand {
         state: Option<JobState>,
         #[arg(long)]
         kind: Option<String>,
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long)]
+        concurrency_key: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
         #[arg(long)]
@@ -44,6 +48,8 @@ async fn run(store: &dyn Store, cmd: JobsCommand) -> anyhow::Result<()> {
         JobsCommand::List {
             state,
             kind,
+            queue,
+            concurrency_key,
             limit,
             json,
         } => {
@@ -51,6 +57,8 @@ async fn run(store: &dyn Store, cmd: JobsCommand) -> anyhow::Result<()> {
                 .list_jobs(JobFilter {
                     state,
                     kind,
+                    queue,
+                    concurrency_key,
                     limit: Some(limit),
                 })
                 .await?;
@@ -102,6 +110,18 @@ fn print_job(j: &JobRecord) {
     println!("  epoch:           {}", j.epoch);
     println!("  idempotency key: {}", j.idempotency_key);
     println!("  priority:        {}", j.priority);
+    if let Some(key) = &j.concurrency_key {
+        println!(
+            "  concurrency key: {key} (at most {} running)",
+            j.concurrency_limit.unwrap_or(1)
+        );
+    }
+    if j.conflicts > 0 {
+        println!("  kv conflicts:    {} (attempts given back)", j.conflicts);
+    }
+    if let Some(s) = &j.schedule_id {
+        println!("  schedule:        {s}");
+    }
     println!("  created at:      {}", j.created_at);
     println!("  run at:          {}", j.run_at);
     if let Some(t) = j.finalized_at {

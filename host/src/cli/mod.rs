@@ -4,11 +4,14 @@
 mod jobs;
 mod outbox;
 mod plugins;
+mod queues;
+mod schedules;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, parse_duration};
@@ -56,6 +59,12 @@ pub enum Command {
     /// Inspect outbox events and their delivery.
     #[command(subcommand)]
     Outbox(outbox::OutboxCommand),
+    /// Manage recurring schedules.
+    #[command(subcommand)]
+    Schedules(schedules::SchedulesCommand),
+    /// Inspect queues; pause and resume them.
+    #[command(subcommand)]
+    Queues(queues::QueuesCommand),
     /// Measure throughput and latency on a fresh temporary database.
     Bench(crate::bench::BenchArgs),
 }
@@ -88,6 +97,13 @@ pub struct EnqueueArgs {
     /// POST the job's result here when it completes or is discarded.
     #[arg(long, value_name = "URL")]
     pub callback: Option<String>,
+    /// At most --concurrency-limit jobs with this key run at once, across
+    /// every host on the database (e.g. one credit per account at a time).
+    #[arg(long, value_name = "KEY")]
+    pub concurrency_key: Option<String>,
+    /// How many jobs with the key may run at once (default 1).
+    #[arg(long, value_name = "N", requires = "concurrency_key")]
+    pub concurrency_limit: Option<u32>,
     /// Print `{"id": ..., "created": ...}`.
     #[arg(long)]
     pub json: bool,
@@ -102,6 +118,8 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs(cmd) => jobs::main(&config, cmd).await,
         Command::Plugins(cmd) => plugins::main(&config, cmd).await,
         Command::Outbox(cmd) => outbox::main(&config, cmd).await,
+        Command::Schedules(cmd) => schedules::main(&config, cmd).await,
+        Command::Queues(cmd) => queues::main(&config, cmd).await,
         Command::Bench(args) => crate::bench::main(&config, args).await,
     }
 }
@@ -123,6 +141,18 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<SqliteStore>> {
     let store = SqliteStore::open(&config.store)
         .with_context(|| format!("opening database {}", config.store.path.display()))?;
     Ok(Arc::new(store))
+}
+
+/// Runs `f` with the configured store, closing it after.
+pub async fn with_store<F, Fut>(config: &Config, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let store = open_store(config)?;
+    let result = f(Arc::clone(&store) as Arc<dyn Store>).await;
+    store.close().await?;
+    result
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -149,10 +179,7 @@ pub async fn shutdown_signal() {
 
 async fn enqueue(config: &Config, args: EnqueueArgs) -> anyhow::Result<()> {
     validate_kind(&args.kind).map_err(anyhow::Error::msg)?;
-    let payload = canonical_json(&args.payload).map_err(anyhow::Error::msg)?;
-    if args.max_attempts == Some(0) {
-        bail!("--max-attempts must be at least 1");
-    }
+    let payload = canonical_json(&args.payload).map_err(|e| anyhow::anyhow!("--payload: {e}"))?;
     let now = SystemClock.now();
     let run_at = match (&args.delay, &args.run_at) {
         (Some(d), _) => {
@@ -163,10 +190,20 @@ async fn enqueue(config: &Config, args: EnqueueArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    if let Some(url) = &args.callback {
-        crate::sandbox::HttpRule::parse(url, None)
-            .map_err(|e| anyhow::anyhow!("--callback: {e}"))?;
-    }
+    let mut job = NewJob {
+        kind: args.kind.clone(),
+        queue: args.queue,
+        payload,
+        idempotency_key: args.idempotency_key,
+        priority: args.priority,
+        run_at,
+        max_attempts: args.max_attempts,
+        callback_url: args.callback,
+        concurrency_key: args.concurrency_key,
+        concurrency_limit: args.concurrency_limit,
+        schedule_id: None,
+    };
+    crate::enqueue::prepare(&mut job, config.plugin(&args.kind)).map_err(anyhow::Error::msg)?;
     let plugin_file = config.host.plugins_dir.join(format!("{}.wasm", args.kind));
     if !plugin_file.is_file() {
         eprintln!(
@@ -175,21 +212,6 @@ async fn enqueue(config: &Config, args: EnqueueArgs) -> anyhow::Result<()> {
             args.kind
         );
     }
-    let job = NewJob {
-        kind: args.kind.clone(),
-        queue: args.queue,
-        payload,
-        idempotency_key: args.idempotency_key,
-        priority: args.priority,
-        run_at,
-        max_attempts: Some(
-            args.max_attempts
-                .unwrap_or(config.plugin(&args.kind).retry.max_attempts),
-        ),
-        callback_url: args.callback,
-    };
-    job.validate()
-        .map_err(|e| anyhow::anyhow!("--idempotency-key: {e}"))?;
     let store = open_store(config)?;
     let result = store.enqueue(vec![job], now).await;
     store.close().await?;

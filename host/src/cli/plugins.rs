@@ -1,4 +1,5 @@
-//! `jobbox plugins ...`: list the plugins, or run one in isolation.
+//! `jobbox plugins ...`: list the plugins with their safeguards, pause and
+//! resume a kind, reset its breaker, or run one in isolation.
 //!
 //! `plugins run` is the plugin author's test bench: it runs one attempt of a
 //! plugin exactly as the host would (same limits, same grants, same
@@ -18,17 +19,31 @@ use clap::Subcommand;
 use crate::config::Config;
 use crate::job::{ClaimedJob, KvEntry, canonical_json};
 use crate::plugins::{PluginRegistry, validate_kind};
+use crate::policy::{BreakerRecord, PauseRecord, PauseScope};
 use crate::sandbox::{KvFuture, KvSource, RunContext, Sandbox, SandboxConfig};
+use crate::store::Store;
 use crate::time::{Clock, SystemClock};
 
 #[derive(Debug, Subcommand)]
 pub enum PluginsCommand {
-    /// Load every plugin and list them with their limits, and the rejected
-    /// files with the reason.
+    /// Load every plugin and list them with their limits, breaker, rate
+    /// limit and pause, and the rejected files with the reason.
     List {
         #[arg(long)]
         json: bool,
     },
+    /// Stop claiming jobs of a kind (attempts already running finish).
+    Pause {
+        kind: String,
+        /// Why, for whoever looks next.
+        #[arg(long)]
+        note: String,
+    },
+    /// Claim jobs of a paused kind again.
+    Resume { kind: String },
+    /// Manage a kind's circuit breaker.
+    #[command(subcommand)]
+    Breaker(BreakerCommand),
     /// Run one attempt of a plugin in isolation: no database, no network
     /// beyond its grants. Prints the outcome, output, and the kv writes and
     /// events it would commit.
@@ -53,9 +68,58 @@ pub enum PluginsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum BreakerCommand {
+    /// Close a kind's breaker and clear its failure streak.
+    Reset { kind: String },
+}
+
 pub async fn main(config: &Config, cmd: PluginsCommand) -> anyhow::Result<()> {
     match cmd {
-        PluginsCommand::List { json } => plugins_list(config, json),
+        PluginsCommand::List { json } => {
+            let store = super::open_store(config)?;
+            let result = plugins_list(config, store.as_ref(), json).await;
+            store.close().await?;
+            result
+        }
+        PluginsCommand::Pause { kind, note } => {
+            validate_kind(&kind).map_err(anyhow::Error::msg)?;
+            super::with_store(config, |store| async move {
+                let fresh = store
+                    .pause(PauseScope::Kind, kind.clone(), note, SystemClock.now())
+                    .await?;
+                if fresh {
+                    println!("kind {kind} paused: its jobs are not claimed until resumed");
+                } else {
+                    println!("kind {kind} was already paused (note updated)");
+                }
+                Ok(())
+            })
+            .await
+        }
+        PluginsCommand::Resume { kind } => {
+            validate_kind(&kind).map_err(anyhow::Error::msg)?;
+            super::with_store(config, |store| async move {
+                if store.resume(PauseScope::Kind, kind.clone()).await? {
+                    println!("kind {kind} resumed");
+                } else {
+                    println!("kind {kind} was not paused");
+                }
+                Ok(())
+            })
+            .await
+        }
+        PluginsCommand::Breaker(BreakerCommand::Reset { kind }) => {
+            validate_kind(&kind).map_err(anyhow::Error::msg)?;
+            super::with_store(config, |store| async move {
+                match store.reset_breaker(kind.clone(), SystemClock.now()).await? {
+                    Some(before) => println!("breaker of {kind} reset (was {before}); now closed"),
+                    None => println!("kind {kind} has no breaker state: it is closed"),
+                }
+                Ok(())
+            })
+            .await
+        }
         PluginsCommand::Run {
             kind,
             payload,
@@ -235,14 +299,24 @@ impl KvSource for MemoryKv {
     }
 }
 
-fn plugins_list(config: &Config, json: bool) -> anyhow::Result<()> {
+async fn plugins_list(config: &Config, store: &dyn Store, json: bool) -> anyhow::Result<()> {
     let sandbox = Sandbox::new(&SandboxConfig {
         epoch_tick: Duration::from_millis(10),
         pooling: false,
         max_instances: 1,
         max_memory: config.max_memory(),
     })?;
-    let registry = PluginRegistry::load(&sandbox, config);
+    let registry = PluginRegistry::load(&sandbox, &config.host.plugins_dir, |kind| {
+        config.plugin(kind).clone()
+    });
+    let breakers = store.breakers().await?;
+    let pauses = store.pauses().await?;
+    let breaker = |kind: &str| breakers.iter().find(|b| b.kind == kind);
+    let paused = |kind: &str| {
+        pauses
+            .iter()
+            .find(|p| p.scope == PauseScope::Kind && p.name == kind)
+    };
     if json {
         let plugins: Vec<_> = registry
             .loaded()
@@ -251,6 +325,8 @@ fn plugins_list(config: &Config, json: bool) -> anyhow::Result<()> {
                     "kind": kind,
                     "path": p.path,
                     "settings": p.settings,
+                    "breaker": breaker(kind),
+                    "paused": paused(kind),
                 })
             })
             .collect();
@@ -258,6 +334,8 @@ fn plugins_list(config: &Config, json: bool) -> anyhow::Result<()> {
             "plugins_dir": config.host.plugins_dir,
             "plugins": plugins,
             "rejected": registry.rejected(),
+            "breakers": breakers,
+            "paused": pauses.iter().filter(|p| p.scope == PauseScope::Kind).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -275,6 +353,13 @@ fn plugins_list(config: &Config, json: bool) -> anyhow::Result<()> {
             humantime::format_duration(s.retry.base),
             humantime::format_duration(s.retry.max),
         );
+        println!(
+            "  {:<16} breaker: {}  rate: {}{}",
+            "",
+            breaker_text(s.breaker.is_some(), breaker(kind)),
+            s.rate.map_or("unlimited".to_owned(), |r| r.to_string()),
+            paused(kind).map(pause_text).unwrap_or_default()
+        );
     }
     for r in registry.rejected() {
         println!("  rejected: {}", r.reason);
@@ -282,5 +367,60 @@ fn plugins_list(config: &Config, json: bool) -> anyhow::Result<()> {
     if registry.loaded().next().is_none() && registry.rejected().is_empty() {
         println!("  (no plugins)");
     }
+    // Breakers and pauses of kinds with no plugin loaded here.
+    for b in &breakers {
+        if registry.get(&b.kind).is_none() {
+            println!(
+                "  {:<16} (no plugin) breaker: {}",
+                b.kind,
+                breaker_text(true, Some(b))
+            );
+        }
+    }
+    for p in &pauses {
+        if p.scope == PauseScope::Kind && registry.get(&p.name).is_none() {
+            println!("  {:<16} (no plugin){}", p.name, pause_text(p));
+        }
+    }
     Ok(())
+}
+
+fn breaker_text(enabled: bool, b: Option<&BreakerRecord>) -> String {
+    match b {
+        _ if !enabled && b.is_none() => "off".into(),
+        None => "closed".into(),
+        Some(b) => {
+            let mut t = b.state.to_string();
+            match b.state {
+                crate::policy::BreakerState::Open => {
+                    if let Some(at) = b.retry_at {
+                        t.push_str(&format!(" until {at}"));
+                    }
+                }
+                crate::policy::BreakerState::Closed if b.failures > 0 => {
+                    t.push_str(&format!(" ({} failures in a row)", b.failures));
+                }
+                _ => {}
+            }
+            if b.trips > 0 {
+                t.push_str(&format!(
+                    ", opened {} time{}",
+                    b.trips,
+                    if b.trips == 1 { "" } else { "s" }
+                ));
+            }
+            if let Some(e) = b
+                .last_error
+                .as_deref()
+                .filter(|_| b.state != crate::policy::BreakerState::Closed)
+            {
+                t.push_str(&format!(", last error: {e}"));
+            }
+            t
+        }
+    }
+}
+
+fn pause_text(p: &PauseRecord) -> String {
+    format!("  PAUSED since {}: {}", p.paused_at, p.note)
 }

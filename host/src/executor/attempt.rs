@@ -6,10 +6,22 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::{CancelReason, Host};
-use crate::job::{AttemptOutcome, AttemptRecord, ClaimedJob, Fenced, Finish, Transition};
+use crate::job::{
+    AttemptOutcome, AttemptRecord, BreakerCount, ClaimedJob, ConflictRetry, Fenced, Finish,
+    MAX_ERROR_TEXT, Transition, cap_text,
+};
 use crate::metrics::{AttemptSample, Metrics};
+use crate::policy::{BreakerChange, BreakerState};
 use crate::sandbox::{RunError, RunReport};
-use crate::store::StoreError;
+use crate::store::{FinishOutcome, StoreError};
+
+/// How long a job that lost a kv conflict waits before its next attempt:
+/// a few milliseconds, growing a little with the attempt number, with
+/// jitter so that the losers do not all come back at once.
+fn conflict_delay(attempt: u32) -> Duration {
+    let base = 5u64 << attempt.min(4);
+    Duration::from_millis(base + fastrand::u64(0..=base * 2))
+}
 
 /// Removes the attempt from the in-flight set however the task ends, even
 /// by panic, so a slot is never leaked.
@@ -107,9 +119,49 @@ impl Host {
         let error = match &report.result {
             Ok(_) => None,
             Err(RunError::Cancelled) => Some("host shut down during the attempt".to_owned()),
-            Err(e) => Some(e.to_string()),
+            Err(e) => Some(cap_text(e.to_string(), MAX_ERROR_TEXT)),
         };
-        let mut finish = Finish {
+        let transition = match transition {
+            Transition::Retry { run_at, error } => Transition::Retry {
+                run_at,
+                error: cap_text(error, MAX_ERROR_TEXT),
+            },
+            Transition::Discard { error } => Transition::Discard {
+                error: cap_text(error, MAX_ERROR_TEXT),
+            },
+            other => other,
+        };
+        let settings = self.settings(&job.kind);
+        // A completion that read kv may find a key changed at commit: then
+        // the store writes this retry instead, in the same transaction.
+        let on_conflict = (matches!(transition, Transition::Complete { .. })
+            && !report.effects.kv_reads.is_empty())
+        .then(|| ConflictRetry {
+            run_at: now.plus(conflict_delay(job.attempt)),
+            max_conflicts: settings.max_conflicts,
+            fallback_run_at: match settings.retry.after_failure(
+                job.attempt,
+                job.max_attempts,
+                String::new(),
+                None,
+                now,
+            ) {
+                Transition::Retry { run_at, .. } => Some(run_at),
+                _ => None,
+            },
+        });
+        let breaker = settings.breaker.as_ref().and_then(|policy| {
+            let failed = policy.judge(outcome)?;
+            Some(BreakerCount {
+                kind: job.kind.clone(),
+                failed,
+                threshold: policy.failures,
+                window: policy.window,
+                cooldown: policy.cooldown,
+                error: error.clone(),
+            })
+        });
+        let finish = Finish {
             fence: job.fence(),
             attempt: AttemptRecord {
                 attempt: job.attempt,
@@ -121,36 +173,28 @@ impl Host {
             },
             transition,
             effects: report.effects,
+            on_conflict,
+            breaker,
         };
         let events = finish.effects.events.len() as u64;
-        let mut written = self.write_back(finish.clone()).await;
-        let mut outcome = outcome;
-        if let Err(StoreError::KvConflict { key }) = &written {
-            // Another job changed a key this attempt read: nothing of the
-            // completion was written. Retry the job, without its effects.
-            Metrics::inc(&self.metrics.kv_conflicts);
-            let error = format!("kv conflict: key {key:?} changed during the attempt");
-            tracing::debug!(job_id = job.id, epoch = job.epoch, "{error}; retrying");
-            outcome = AttemptOutcome::RetryableError;
-            finish.attempt.outcome = outcome;
-            finish.attempt.error = Some(error.clone());
-            finish.transition = self.settings(&job.kind).retry.after_failure(
-                job.attempt,
-                job.max_attempts,
-                error,
-                None,
-                now,
-            );
-            finish.effects = Default::default();
-            written = self.write_back(finish.clone()).await;
-        } else if matches!(written, Ok(Fenced::Applied)) && events > 0 {
-            self.backlog.add(events);
-            self.relay_wake.notify_one();
-        }
-        let next = finish.transition.target_state();
-        match written {
-            Ok(Fenced::Applied) => {
-                self.metrics.record_outcome(outcome, now);
+        match self.write_back(finish).await {
+            Ok(written) if written.fenced == Fenced::Applied => {
+                if let Some(key) = &written.conflict {
+                    // Another job changed a key this attempt read: nothing
+                    // of the completion was written.
+                    Metrics::inc(&self.metrics.kv_conflicts);
+                    tracing::debug!(
+                        job_id = job.id, epoch = job.epoch, key = %key, next = %written.next,
+                        "kv conflict: retrying without the attempt's effects"
+                    );
+                } else if events > 0 {
+                    self.backlog.add(events);
+                    self.relay_wake.notify_one();
+                }
+                if let Some(change) = &written.breaker {
+                    self.breaker_changed(change);
+                }
+                self.metrics.record_outcome(written.outcome, now);
                 self.metrics.record_sample(|| AttemptSample {
                     job_id: job.id,
                     started,
@@ -160,7 +204,7 @@ impl Host {
                 });
                 tracing::info!(
                     job_id = job.id, kind = %job.kind, attempt = job.attempt, epoch = job.epoch,
-                    outcome = %outcome, next = %next,
+                    outcome = %written.outcome, next = %written.next,
                     run_ms = report.elapsed.as_millis() as u64,
                     queue_wait_ms = queue_wait.as_millis() as u64,
                     fuel = report.fuel_used,
@@ -168,7 +212,7 @@ impl Host {
                     "attempt finished"
                 );
             }
-            Ok(Fenced::FencedOut) => {
+            Ok(_) => {
                 Metrics::inc(&self.metrics.fenced_out);
                 tracing::warn!(
                     job_id = job.id, kind = %job.kind, attempt = job.attempt, epoch = job.epoch,
@@ -185,10 +229,32 @@ impl Host {
         }
     }
 
+    /// Logs and counts a breaker's change of state.
+    pub(super) fn breaker_changed(&self, change: &BreakerChange) {
+        match change.to {
+            BreakerState::Open => {
+                Metrics::inc(&self.metrics.breaker_opened);
+                tracing::warn!(
+                    kind = %change.kind, from = %change.from,
+                    retry_at = change.retry_at.map(|t| t.to_string()),
+                    "circuit breaker opened: the kind's jobs wait until the cooldown ends"
+                );
+            }
+            BreakerState::HalfOpen => {
+                Metrics::inc(&self.metrics.breaker_half_opened);
+                tracing::info!(kind = %change.kind, "circuit breaker half-open: one probe admitted");
+            }
+            BreakerState::Closed => {
+                Metrics::inc(&self.metrics.breaker_closed);
+                tracing::info!(kind = %change.kind, from = %change.from, "circuit breaker closed");
+            }
+        }
+    }
+
     /// Writes `finish`, retrying store failures until it is applied or
     /// fenced out, or until the lease would have run out anyway (then the
     /// rescuer takes over).
-    async fn write_back(&self, finish: Finish) -> Result<Fenced, StoreError> {
+    async fn write_back(&self, finish: Finish) -> Result<FinishOutcome, StoreError> {
         let give_up = tokio::time::Instant::now() + self.config.host.lease;
         let mut delay = Duration::from_millis(20);
         loop {

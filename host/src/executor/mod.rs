@@ -12,13 +12,20 @@
 //!   flight, and cancels an attempt whose job was taken from it;
 //! - the **rescuer** ([`rescuer`]) takes back jobs whose lease expired
 //!   because their worker died or hung;
-//! - the **relay** ([`relay`]) delivers committed outbox events.
+//! - the **relay** ([`relay`]) delivers committed outbox events;
+//! - the **scheduler** ([`scheduler`]) makes schedules' fires, waking at
+//!   the next fire time;
+//! - the **cleaner** ([`cleaner`]) deletes what retention no longer keeps.
 
 mod attempt;
+mod cleaner;
 mod lease;
 mod relay;
 mod rescuer;
 mod retry;
+mod scheduler;
+
+pub use scheduler::SchedulerStep;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,14 +36,15 @@ use anyhow::Context;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, PluginSettings};
+use crate::config::Config;
 use crate::job::KvEntry;
 use crate::job::{ClaimedJob, Enqueued, Fence, JobId, NewJob};
 use crate::metrics::Metrics;
 use crate::outbox::Backlog;
-use crate::plugins::PluginRegistry;
+use crate::plugins::{PluginRegistry, PluginSettings};
+use crate::policy::{BreakerChange, BreakerState};
 use crate::sandbox::{KvFuture, KvSource, RunContext, Sandbox, SandboxConfig};
-use crate::store::{ClaimRequest, Store, StoreError};
+use crate::store::{ClaimRequest, Claimed, Store, StoreError};
 use crate::time::Clock;
 
 /// Why an attempt in flight is being cancelled.
@@ -68,8 +76,12 @@ pub struct Host {
     run_ctx: RunContext,
     /// Events awaiting delivery, against `outbox.max_pending`.
     backlog: Arc<Backlog>,
+    /// The configured rate limits, sent with every claim.
+    rates: Vec<(String, crate::policy::RateLimit)>,
     /// Woken when a completion commits events.
     relay_wake: Notify,
+    /// Woken when a schedule changes through this host.
+    scheduler_wake: Notify,
     /// Declared last so that it drops after the plugins: it owns the
     /// epoch ticker.
     sandbox: Sandbox,
@@ -116,13 +128,21 @@ impl Host {
             max_memory: config.max_memory(),
         })
         .context("configuring the wasm engine")?;
-        let registry = PluginRegistry::load(&sandbox, &config);
+        let registry = PluginRegistry::load(&sandbox, &config.host.plugins_dir, |kind| {
+            config.plugin(kind).clone()
+        });
         let backlog = Arc::new(Backlog::new(config.outbox.max_pending));
         let run_ctx = RunContext {
             kv: Some(Arc::new(StoreKv(Arc::clone(&store))) as Arc<dyn KvSource>),
             backlog: Some(Arc::clone(&backlog)),
         };
+        let rates = config
+            .plugins
+            .iter()
+            .filter_map(|(kind, s)| s.rate.map(|r| (kind.clone(), r)))
+            .collect();
         Ok(Host {
+            rates,
             config,
             store,
             clock,
@@ -133,6 +153,7 @@ impl Host {
             run_ctx,
             backlog,
             relay_wake: Notify::new(),
+            scheduler_wake: Notify::new(),
             sandbox,
         })
     }
@@ -162,13 +183,14 @@ impl Host {
         self.lock_inflight().attempts.len()
     }
 
-    /// Enqueues jobs and wakes the producer at once. A job without
-    /// `max_attempts` takes its kind's configured value.
+    /// Enqueues jobs and wakes the producer at once. Each job passes
+    /// [`crate::enqueue::prepare`] against its kind's settings (a job
+    /// without `max_attempts` takes its kind's); if one is refused, none is
+    /// written.
     pub async fn enqueue(&self, mut jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, StoreError> {
         for job in &mut jobs {
-            job.validate().map_err(StoreError::InvalidJob)?;
-            job.max_attempts
-                .get_or_insert(self.settings(&job.kind).retry.max_attempts);
+            crate::enqueue::prepare(job, self.settings(&job.kind))
+                .map_err(StoreError::InvalidJob)?;
             if self.registry.get(&job.kind).is_none() {
                 tracing::warn!(kind = %job.kind, "enqueued a job of a kind with no plugin loaded");
             }
@@ -178,8 +200,14 @@ impl Host {
         Ok(out)
     }
 
+    /// Wakes the scheduler, after a change to schedules made through this
+    /// host (another process's change is seen within `scheduler.refresh`).
+    pub fn wake_scheduler(&self) {
+        self.scheduler_wake.notify_one();
+    }
+
     /// The settings for `kind`: its plugin's, else the configured ones.
-    fn settings(&self, kind: &str) -> &PluginSettings {
+    pub fn settings(&self, kind: &str) -> &PluginSettings {
         match self.registry.get(kind) {
             Some(p) => &p.settings,
             None => self.config.plugin(kind),
@@ -193,7 +221,13 @@ impl Host {
         let (stop_tx, stop_rx) = watch::channel(false);
         let keeper = tokio::spawn(Arc::clone(self).lease_keeper(stop_rx.clone()));
         let rescuer = tokio::spawn(Arc::clone(self).rescuer(stop_rx.clone()));
-        let relay = tokio::spawn(Arc::clone(self).relay(stop_rx));
+        let relay = tokio::spawn(Arc::clone(self).relay(stop_rx.clone()));
+        let scheduler = self
+            .config
+            .scheduler
+            .enabled
+            .then(|| tokio::spawn(Arc::clone(self).scheduler(stop_rx.clone())));
+        let cleaner = tokio::spawn(Arc::clone(self).cleaner(stop_rx));
         tracing::info!(
             worker = %self.config.host.worker_id,
             plugins = self.registry.loaded().count(),
@@ -212,11 +246,17 @@ impl Host {
             }
             let limit = self.claim_limit();
             let mut full = false;
+            let mut sleep = self.config.host.poll_interval;
             if limit.total > 0 {
                 match self.claim(&limit).await {
-                    Ok(jobs) => {
-                        full = jobs.len() as u32 == limit.total;
-                        for job in jobs {
+                    Ok(claimed) => {
+                        full = claimed.jobs.len() as u32 == limit.total;
+                        // A rate limit or breaker holds jobs back until
+                        // then: look again at that time, not a poll later.
+                        if let Some(at) = claimed.wake_at {
+                            sleep = sleep.min(at.since(self.clock.now()));
+                        }
+                        for job in claimed.jobs {
                             let cancel = self.track(&job);
                             tasks.spawn(Arc::clone(self).run_attempt(job, cancel));
                         }
@@ -234,7 +274,7 @@ impl Host {
                 // Every slot was filled: there may be more jobs waiting.
                 () = std::future::ready(()), if full => {}
                 () = self.wake.notified() => {}
-                () = tokio::time::sleep(self.config.host.poll_interval) => {}
+                () = tokio::time::sleep(sleep) => {}
             }
         }
 
@@ -274,6 +314,10 @@ impl Host {
         let _ = keeper.await;
         let _ = rescuer.await;
         let _ = relay.await;
+        if let Some(scheduler) = scheduler {
+            let _ = scheduler.await;
+        }
+        let _ = cleaner.await;
         tracing::info!("host stopped");
         Ok(())
     }
@@ -321,8 +365,8 @@ impl Host {
         ClaimLimit { total, exclude }
     }
 
-    async fn claim(&self, limit: &ClaimLimit) -> Result<Vec<ClaimedJob>, StoreError> {
-        let jobs = self
+    async fn claim(&self, limit: &ClaimLimit) -> Result<Claimed, StoreError> {
+        let claimed = self
             .store
             .claim(ClaimRequest {
                 now: self.clock.now(),
@@ -330,12 +374,22 @@ impl Host {
                 exclude_kinds: limit.exclude.clone(),
                 lease: self.config.host.lease,
                 worker: self.config.host.worker_id.clone(),
+                rates: self.rates.clone(),
             })
             .await?;
-        self.metrics
-            .claimed
-            .fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok(jobs)
+        self.metrics.claimed.fetch_add(
+            claimed.jobs.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        for kind in &claimed.half_opened {
+            self.breaker_changed(&BreakerChange {
+                kind: kind.clone(),
+                from: BreakerState::Open,
+                to: BreakerState::HalfOpen,
+                retry_at: None,
+            });
+        }
+        Ok(claimed)
     }
 
     /// Registers a claimed job as in flight; returns its cancel signal.

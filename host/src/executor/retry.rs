@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use crate::config::RetryPolicy;
 use crate::job::{AttemptOutcome, Transition};
+use crate::policy::RetryPolicy;
 use crate::sandbox::RunError;
 use crate::time::Timestamp;
 
@@ -70,6 +70,14 @@ impl RetryPolicy {
                 return (
                     AttemptOutcome::PermanentError,
                     Transition::Discard { error: msg.clone() },
+                );
+            }
+            RunError::OutputTooLarge { .. } => {
+                return (
+                    AttemptOutcome::OutputTooLarge,
+                    Transition::Discard {
+                        error: err.to_string(),
+                    },
                 );
             }
             RunError::Retryable { .. } => AttemptOutcome::RetryableError,

@@ -10,6 +10,7 @@ use super::bindings::jobbox::plugin::{log, types};
 use super::effects::EffectsState;
 use super::http::HttpPolicy;
 use super::limits::MemoryLimiter;
+use super::trap::StderrTail;
 
 /// Messages longer than this are cut (on a character boundary).
 const MAX_LOG_MESSAGE: usize = 4096;
@@ -44,12 +45,15 @@ impl HostState {
         log: LogContext,
         effects: EffectsState,
         http_policy: HttpPolicy,
+        stderr: StderrTail,
     ) -> HostState {
         HostState {
             // Deny by default: no preopened directories, no environment, no
-            // arguments, no network; stdin is empty and stdout/stderr are
-            // discarded. Clocks and randomness are not capabilities.
-            wasi: WasiCtx::builder().build(),
+            // arguments, no network; stdin is empty and stdout is
+            // discarded. The tail of stderr is kept, to explain a trap
+            // (a Rust guest prints its panic there). Clocks and randomness
+            // are not capabilities.
+            wasi: WasiCtx::builder().stderr(stderr).build(),
             table: ResourceTable::new(),
             limiter,
             log,

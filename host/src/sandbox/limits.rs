@@ -24,6 +24,9 @@ pub struct Limits {
     #[serde(with = "humantime_serde_ms")]
     pub timeout: Duration,
     pub memory: usize,
+    /// The largest output, in bytes; a larger one fails the attempt for
+    /// good (`output_too_large`) and is not stored.
+    pub max_output: usize,
 }
 
 impl Default for Limits {
@@ -32,6 +35,7 @@ impl Default for Limits {
             fuel: 10_000_000_000,
             timeout: Duration::from_secs(30),
             memory: 64 << 20,
+            max_output: 1 << 20,
         }
     }
 }

@@ -17,6 +17,7 @@ mod grants;
 mod host_state;
 mod http;
 mod limits;
+mod trap;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -141,6 +142,8 @@ pub enum RunError {
     Timeout(Duration),
     #[error("memory limit of {0} bytes exceeded")]
     MemoryLimit(usize),
+    #[error("output of {size} bytes is over the limit of {limit} bytes (max_output); not stored")]
+    OutputTooLarge { size: usize, limit: usize },
     #[error("cancelled")]
     Cancelled,
 }
@@ -306,6 +309,7 @@ impl Plugin {
             .0
             .max(0) as u64;
 
+        let stderr = trap::StderrTail::default();
         let state = HostState::new(
             MemoryLimiter::new(self.limits.memory),
             LogContext {
@@ -328,6 +332,7 @@ impl Plugin {
                 Arc::clone(&self.grants),
                 job.idempotency_key.clone(),
             ),
+            stderr.clone(),
         );
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -377,19 +382,30 @@ impl Plugin {
 
         let result = match outcome {
             None => Err(RunError::Timeout(self.limits.timeout)),
+            Some(Ok(Ok(output))) if output.payload.len() > self.limits.max_output => {
+                Err(RunError::OutputTooLarge {
+                    size: output.payload.len(),
+                    limit: self.limits.max_output,
+                })
+            }
             Some(Ok(Ok(output))) => Ok(output.payload),
             Some(Ok(Err(e))) => Err(guest_error(e)),
-            Some(Err(e)) => Err(self.classify(&store, e)),
+            Some(Err(e)) => Err(self.classify(&store, e, &stderr)),
         };
         self.report(store, started, result)
     }
 
-    fn classify(&self, store: &Store<HostState>, e: wasmtime::Error) -> RunError {
+    fn classify(
+        &self,
+        store: &Store<HostState>,
+        e: wasmtime::Error,
+        stderr: &trap::StderrTail,
+    ) -> RunError {
         match e.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => RunError::OutOfFuel(self.limits.fuel),
             Some(Trap::Interrupt) => RunError::Timeout(self.limits.timeout),
             _ if store.data().limiter.hit => RunError::MemoryLimit(self.limits.memory),
-            _ => RunError::Trap(format!("{e:#}")),
+            _ => RunError::Trap(trap::describe(&e, &stderr.contents())),
         }
     }
 

@@ -15,10 +15,14 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use crate::job::{
-    ClaimedJob, Enqueued, ExpiredLease, Fence, Fenced, Finish, JobFilter, JobId, JobRecord,
-    JobState, KvEntry, NewJob, Transition,
+    AttemptOutcome, ClaimedJob, Enqueued, ExpiredLease, Fence, Fenced, Finish, JobFilter, JobId,
+    JobRecord, JobState, KvEntry, NewJob, Transition,
 };
 use crate::outbox::{ClaimedEvent, Delivery, EventRecord, EventState};
+use crate::policy::{
+    BreakerChange, BreakerRecord, BreakerState, PauseRecord, PauseScope, RateLimit,
+};
+use crate::schedule::{ApplyReport, FireOutcome, ScheduleFire, ScheduleRecord, ScheduleUpsert};
 use crate::time::Timestamp;
 
 /// The boxed future every store method returns, so that `dyn Store` works.
@@ -49,6 +53,8 @@ pub enum StoreError {
     KvConflict { key: String },
     #[error("outbox event {0} not found")]
     EventNotFound(i64),
+    #[error("schedule {0:?} not found")]
+    ScheduleNotFound(String),
     #[error("outbox event {id} is {state}: retry needs failed")]
     EventNotFailed { id: i64, state: EventState },
     /// A job the store was asked to enqueue is not valid.
@@ -72,6 +78,81 @@ pub struct ClaimRequest {
     pub lease: Duration,
     /// Who claims (recorded for operators).
     pub worker: String,
+    /// The rate limits of this host's configuration, by kind. The state
+    /// (when each kind may next start a job) is in the store, shared by
+    /// every host.
+    pub rates: Vec<(String, RateLimit)>,
+}
+
+/// What a claim took, and when to try again for what it held back.
+#[derive(Clone, Debug, Default)]
+pub struct Claimed {
+    /// In claim order.
+    pub jobs: Vec<ClaimedJob>,
+    /// The earliest time a job held back by a rate limit or an open
+    /// breaker may be claimed (`None`: nothing was held back for a time).
+    pub wake_at: Option<Timestamp>,
+    /// Kinds whose breaker went from open to half-open with this claim
+    /// (their probe is among `jobs`).
+    pub half_opened: Vec<String>,
+}
+
+/// What a write-back did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinishOutcome {
+    /// `FencedOut`: the job was no longer running under the fence; nothing
+    /// was written.
+    pub fenced: Fenced,
+    /// The outcome recorded: the one asked for, or `kv_conflict` when the
+    /// completion's reads had changed.
+    pub outcome: AttemptOutcome,
+    /// The state the job moved to.
+    pub next: JobState,
+    /// The kv key whose change refused the completion.
+    pub conflict: Option<String>,
+    /// The breaker's change of state, if this attempt caused one.
+    pub breaker: Option<BreakerChange>,
+}
+
+/// Jobs and attempts by queue, for operators.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStats {
+    pub queue: String,
+    pub counts: StateCounts,
+    /// When the oldest due available or retryable job became due.
+    pub oldest_due: Option<Timestamp>,
+    pub paused: Option<PauseRecord>,
+}
+
+/// What the cleaner may delete: everything finished (or compacted) before
+/// the given times, at most `batch` rows of each kind per call.
+#[derive(Clone, Debug)]
+pub struct CleanRequest {
+    pub completed_before: Option<Timestamp>,
+    /// Discarded and cancelled jobs.
+    pub failed_before: Option<Timestamp>,
+    pub tombstones_before: Option<Timestamp>,
+    pub delivered_before: Option<Timestamp>,
+    pub fires_before: Option<Timestamp>,
+    pub batch: u32,
+}
+
+/// What one cleaner batch deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CleanReport {
+    pub jobs: u64,
+    pub attempts: u64,
+    pub tombstones: u64,
+    pub events: u64,
+    pub fires: u64,
+}
+
+impl CleanReport {
+    /// Whether any kind hit the batch size: there may be more to delete.
+    pub fn full(&self, batch: u32) -> bool {
+        let b = u64::from(batch);
+        self.jobs >= b || self.tombstones >= b || self.events >= b || self.fires >= b
+    }
 }
 
 /// Counts of jobs per state.
@@ -96,8 +177,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// available/retryable with `run_at <= now` → running, in
     /// `(priority, run_at, id)` order, at most `limit` of them, in one
     /// atomic step: `attempt` and `epoch` rise by one and a lease is set.
-    /// Returned in claim order.
-    fn claim(&self, req: ClaimRequest) -> StoreFuture<'_, Vec<ClaimedJob>>;
+    /// Returned in claim order. Jobs of paused kinds and queues, of kinds
+    /// whose breaker is open (or half-open with its probe running), over
+    /// their kind's rate limit, or whose concurrency key has its limit of
+    /// jobs running, are not claimed; the claim order holds among the
+    /// others.
+    fn claim(&self, req: ClaimRequest) -> StoreFuture<'_, Claimed>;
 
     /// Applies one attempt's write-back (attempt row + transition) if the job
     /// is still running under `finish.fence`. Callers may submit many at
@@ -107,7 +192,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// key fails the whole write-back with [`StoreError::KvConflict`]), kv
     /// writes and outbox events are stored. A job with a callback URL gets
     /// its callback event when it completes or is discarded.
-    fn finish(&self, finish: Finish) -> StoreFuture<'_, Fenced>;
+    ///
+    /// A completion whose kv reads changed writes `finish.on_conflict`
+    /// instead, if given (else it fails with [`StoreError::KvConflict`]);
+    /// `finish.breaker` updates the kind's breaker in the same transaction.
+    fn finish(&self, finish: Finish) -> StoreFuture<'_, FinishOutcome>;
 
     /// Extends the leases of jobs still running under the given fences to
     /// `until`. Returns, in order, whether each one still holds.
@@ -185,6 +274,100 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// How many events await delivery.
     fn pending_events(&self) -> StoreFuture<'_, u64>;
+
+    /// Upserts schedules by id in one transaction (and with `prune`,
+    /// deletes those not given). An unchanged spec changes nothing; a
+    /// changed cadence takes the upsert's next fire, dropping any pending
+    /// or buffered fire of the old one.
+    fn apply_schedules(
+        &self,
+        schedules: Vec<ScheduleUpsert>,
+        prune: bool,
+        now: Timestamp,
+    ) -> StoreFuture<'_, ApplyReport>;
+
+    /// Every schedule, by id, with its last job's state.
+    fn schedules(&self) -> StoreFuture<'_, Vec<ScheduleRecord>>;
+
+    fn schedule(&self, id: String) -> StoreFuture<'_, Option<ScheduleRecord>>;
+
+    /// Unpaused schedules whose next fire is due at `now`, or whose
+    /// buffered fire's predecessor has finished; at most `limit`.
+    fn due_schedules(&self, now: Timestamp, limit: u32) -> StoreFuture<'_, Vec<ScheduleRecord>>;
+
+    /// The earliest `next_run_at` of an unpaused schedule, and whether any
+    /// schedule holds a buffered fire.
+    fn next_schedule_wake(&self) -> StoreFuture<'_, (Option<Timestamp>, bool)>;
+
+    /// Makes a planned fire, fenced on the schedule's version and next fire
+    /// time: advances the schedule, records each fire and inserts its job,
+    /// in one transaction, applying `overlap` against the previous fire's
+    /// job as it is in that transaction.
+    fn fire_schedule(&self, fire: ScheduleFire) -> StoreFuture<'_, FireOutcome>;
+
+    /// Inserts the job of a buffered fire, fenced on the schedule's version
+    /// and on `nominal` still being buffered.
+    fn fire_buffered(
+        &self,
+        id: String,
+        version: i64,
+        nominal: Timestamp,
+        job: NewJob,
+        now: Timestamp,
+    ) -> StoreFuture<'_, FireOutcome>;
+
+    /// A fire outside the cadence: inserts `job` (which must have no key)
+    /// with the key of the schedule's next manual trigger.
+    fn trigger_schedule(
+        &self,
+        id: String,
+        job: NewJob,
+        now: Timestamp,
+    ) -> StoreFuture<'_, Enqueued>;
+
+    /// Pauses a schedule; returns false if it already was (the note is
+    /// replaced).
+    fn pause_schedule(&self, id: String, note: String, now: Timestamp) -> StoreFuture<'_, bool>;
+
+    /// Resumes a paused schedule with its next fire computed from now;
+    /// returns false if it was not paused (nothing changes).
+    fn resume_schedule(
+        &self,
+        id: String,
+        next_fire_at: Option<Timestamp>,
+        next_run_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> StoreFuture<'_, bool>;
+
+    fn delete_schedule(&self, id: String) -> StoreFuture<'_, ()>;
+
+    /// Every breaker that has a row (kinds that never failed have none).
+    fn breakers(&self) -> StoreFuture<'_, Vec<BreakerRecord>>;
+
+    /// Closes a kind's breaker and clears its streak; returns its state
+    /// before (`None`: it had none).
+    fn reset_breaker(&self, kind: String, now: Timestamp) -> StoreFuture<'_, Option<BreakerState>>;
+
+    /// Pauses a kind or a queue: its jobs are not claimed. Returns false if
+    /// it already was (the note is replaced).
+    fn pause(
+        &self,
+        scope: PauseScope,
+        name: String,
+        note: String,
+        now: Timestamp,
+    ) -> StoreFuture<'_, bool>;
+
+    /// Returns false if it was not paused.
+    fn resume(&self, scope: PauseScope, name: String) -> StoreFuture<'_, bool>;
+
+    fn pauses(&self) -> StoreFuture<'_, Vec<PauseRecord>>;
+
+    /// Jobs by queue and state, with each queue's oldest due job and pause.
+    fn queues(&self, now: Timestamp) -> StoreFuture<'_, Vec<QueueStats>>;
+
+    /// Deletes one batch of what retention allows.
+    fn clean(&self, req: CleanRequest) -> StoreFuture<'_, CleanReport>;
 
     /// Flushes pending writes and stops the store's background work.
     fn close(&self) -> StoreFuture<'_, ()>;

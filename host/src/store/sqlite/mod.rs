@@ -22,12 +22,17 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
-use super::{ClaimRequest, StateCounts, Store, StoreError, StoreFuture};
+use super::{
+    ClaimRequest, Claimed, CleanReport, CleanRequest, FinishOutcome, QueueStats, StateCounts,
+    Store, StoreError, StoreFuture,
+};
 use crate::job::{
-    ClaimedJob, Enqueued, ExpiredLease, Fence, Fenced, Finish, JobFilter, JobId, JobRecord,
-    JobState, KvEntry, NewJob, Transition,
+    Enqueued, ExpiredLease, Fence, Fenced, Finish, JobFilter, JobId, JobRecord, JobState, KvEntry,
+    NewJob, Transition,
 };
 use crate::outbox::{ClaimedEvent, Delivery, EventRecord, EventState};
+use crate::policy::{BreakerRecord, BreakerState, PauseRecord, PauseScope};
+use crate::schedule::{ApplyReport, FireOutcome, ScheduleFire, ScheduleRecord, ScheduleUpsert};
 use crate::time::Timestamp;
 
 pub use schema::SCHEMA_VERSION;
@@ -171,21 +176,12 @@ impl Store for SqliteStore {
         self.write(move |c| write::enqueue(c, &jobs, now))
     }
 
-    fn claim(&self, req: ClaimRequest) -> StoreFuture<'_, Vec<ClaimedJob>> {
+    fn claim(&self, req: ClaimRequest) -> StoreFuture<'_, Claimed> {
         self.write(move |c| write::claim(c, &req))
     }
 
-    fn finish(&self, f: Finish) -> StoreFuture<'_, Fenced> {
-        self.write(move |c| {
-            write::finish(
-                c,
-                f.fence,
-                &f.attempt,
-                &f.transition,
-                Some(&f.effects),
-                i64::MAX,
-            )
-        })
+    fn finish(&self, f: Finish) -> StoreFuture<'_, FinishOutcome> {
+        self.write(move |c| write::finish(c, &f, i64::MAX))
     }
 
     fn extend_leases(&self, fences: Vec<Fence>, until: Timestamp) -> StoreFuture<'_, Vec<Fenced>> {
@@ -271,6 +267,107 @@ impl Store for SqliteStore {
 
     fn pending_events(&self) -> StoreFuture<'_, u64> {
         self.read(read::pending_events)
+    }
+
+    fn apply_schedules(
+        &self,
+        schedules: Vec<ScheduleUpsert>,
+        prune: bool,
+        now: Timestamp,
+    ) -> StoreFuture<'_, ApplyReport> {
+        self.write(move |c| write::apply_schedules(c, &schedules, prune, now))
+    }
+
+    fn schedules(&self) -> StoreFuture<'_, Vec<ScheduleRecord>> {
+        self.read(read::schedules)
+    }
+
+    fn schedule(&self, id: String) -> StoreFuture<'_, Option<ScheduleRecord>> {
+        self.read(move |c| read::schedule(c, &id))
+    }
+
+    fn due_schedules(&self, now: Timestamp, limit: u32) -> StoreFuture<'_, Vec<ScheduleRecord>> {
+        self.read(move |c| read::due_schedules(c, now, limit))
+    }
+
+    fn next_schedule_wake(&self) -> StoreFuture<'_, (Option<Timestamp>, bool)> {
+        self.read(read::next_schedule_wake)
+    }
+
+    fn fire_schedule(&self, fire: ScheduleFire) -> StoreFuture<'_, FireOutcome> {
+        self.write(move |c| write::fire_schedule(c, &fire))
+    }
+
+    fn fire_buffered(
+        &self,
+        id: String,
+        version: i64,
+        nominal: Timestamp,
+        job: NewJob,
+        now: Timestamp,
+    ) -> StoreFuture<'_, FireOutcome> {
+        self.write(move |c| write::fire_buffered(c, &id, version, nominal, &job, now))
+    }
+
+    fn trigger_schedule(
+        &self,
+        id: String,
+        job: NewJob,
+        now: Timestamp,
+    ) -> StoreFuture<'_, Enqueued> {
+        self.write(move |c| write::trigger_schedule(c, &id, &job, now))
+    }
+
+    fn pause_schedule(&self, id: String, note: String, now: Timestamp) -> StoreFuture<'_, bool> {
+        self.write(move |c| write::pause_schedule(c, &id, &note, now))
+    }
+
+    fn resume_schedule(
+        &self,
+        id: String,
+        next_fire_at: Option<Timestamp>,
+        next_run_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> StoreFuture<'_, bool> {
+        self.write(move |c| write::resume_schedule(c, &id, next_fire_at, next_run_at, now))
+    }
+
+    fn delete_schedule(&self, id: String) -> StoreFuture<'_, ()> {
+        self.write(move |c| write::delete_schedule(c, &id))
+    }
+
+    fn breakers(&self) -> StoreFuture<'_, Vec<BreakerRecord>> {
+        self.read(read::breakers)
+    }
+
+    fn reset_breaker(&self, kind: String, now: Timestamp) -> StoreFuture<'_, Option<BreakerState>> {
+        self.write(move |c| write::reset_breaker(c, &kind, now))
+    }
+
+    fn pause(
+        &self,
+        scope: PauseScope,
+        name: String,
+        note: String,
+        now: Timestamp,
+    ) -> StoreFuture<'_, bool> {
+        self.write(move |c| write::pause(c, scope, &name, &note, now))
+    }
+
+    fn resume(&self, scope: PauseScope, name: String) -> StoreFuture<'_, bool> {
+        self.write(move |c| write::resume(c, scope, &name))
+    }
+
+    fn pauses(&self) -> StoreFuture<'_, Vec<PauseRecord>> {
+        self.read(read::pauses)
+    }
+
+    fn queues(&self, now: Timestamp) -> StoreFuture<'_, Vec<QueueStats>> {
+        self.read(move |c| read::queues(c, now))
+    }
+
+    fn clean(&self, req: CleanRequest) -> StoreFuture<'_, CleanReport> {
+        self.write(move |c| write::clean(c, &req))
     }
 
     fn close(&self) -> StoreFuture<'_, ()> {

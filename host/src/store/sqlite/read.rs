@@ -4,9 +4,13 @@
 use rusqlite::{Connection, OptionalExtension, Row, params_from_iter, types::Value};
 
 use super::sql;
-use crate::job::{AttemptRow, JobFilter, JobId, JobRecord, KvEntry, effective_idempotency_key};
+use crate::job::{
+    AttemptRow, JobFilter, JobId, JobRecord, JobState, KvEntry, effective_idempotency_key,
+};
 use crate::outbox::{EventRecord, EventState};
-use crate::store::{StateCounts, StoreError};
+use crate::policy::{BreakerRecord, PauseRecord};
+use crate::schedule::ScheduleRecord;
+use crate::store::{QueueStats, StateCounts, StoreError};
 use crate::time::Timestamp;
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -47,9 +51,15 @@ pub(super) fn list_jobs(conn: &Connection, filter: &JobFilter) -> Result<Vec<Job
         q.push_str(" AND state = ?");
         args.push(Value::Text(state.as_str().to_owned()));
     }
-    if let Some(kind) = &filter.kind {
-        q.push_str(" AND kind = ?");
-        args.push(Value::Text(kind.clone()));
+    for (column, value) in [
+        ("kind", &filter.kind),
+        ("queue", &filter.queue),
+        ("concurrency_key", &filter.concurrency_key),
+    ] {
+        if let Some(v) = value {
+            q.push_str(&format!(" AND {column} = ?"));
+            args.push(Value::Text(v.clone()));
+        }
     }
     q.push_str(" ORDER BY id DESC LIMIT ?");
     args.push(Value::Integer(i64::from(filter.limit.unwrap_or(1000))));
@@ -64,18 +74,192 @@ pub(super) fn counts(conn: &Connection) -> Result<StateCounts> {
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let state: String = r.get(0)?;
-        let n: u64 = r.get(1)?;
-        match state.as_str() {
-            "available" => counts.available = n,
-            "running" => counts.running = n,
-            "retryable" => counts.retryable = n,
-            "completed" => counts.completed = n,
-            "discarded" => counts.discarded = n,
-            "cancelled" => counts.cancelled = n,
-            other => return Err(StoreError::Backend(format!("unknown state {other:?}"))),
-        }
+        counts.set(&state, r.get(1)?)?;
     }
     Ok(counts)
+}
+
+impl StateCounts {
+    fn set(&mut self, state: &str, n: u64) -> Result<()> {
+        let state: JobState = state.parse().map_err(StoreError::Backend)?;
+        *match state {
+            JobState::Available => &mut self.available,
+            JobState::Running => &mut self.running,
+            JobState::Retryable => &mut self.retryable,
+            JobState::Completed => &mut self.completed,
+            JobState::Discarded => &mut self.discarded,
+            JobState::Cancelled => &mut self.cancelled,
+        } = n;
+        Ok(())
+    }
+}
+
+pub(super) fn queues(conn: &Connection, now: Timestamp) -> Result<Vec<QueueStats>> {
+    let mut by_queue: std::collections::BTreeMap<String, QueueStats> = Default::default();
+    let mut stmt = conn.prepare_cached(
+        "SELECT queue, state, COUNT(*),
+                MIN(CASE WHEN state IN ('available', 'retryable') AND run_at <= ?1
+                         THEN run_at END)
+         FROM jobs GROUP BY queue, state",
+    )?;
+    let mut rows = stmt.query([now.0])?;
+    while let Some(r) = rows.next()? {
+        let queue: String = r.get(0)?;
+        let state: String = r.get(1)?;
+        let oldest: Option<i64> = r.get(3)?;
+        let q = by_queue.entry(queue.clone()).or_insert_with(|| QueueStats {
+            queue,
+            ..QueueStats::default()
+        });
+        q.counts.set(&state, r.get(2)?)?;
+        if let Some(t) = oldest {
+            q.oldest_due = Some(q.oldest_due.map_or(Timestamp(t), |o| o.min(Timestamp(t))));
+        }
+    }
+    for p in pauses(conn)? {
+        if p.scope == crate::policy::PauseScope::Queue {
+            let name = p.name.clone();
+            by_queue
+                .entry(name.clone())
+                .or_insert_with(|| QueueStats {
+                    queue: name,
+                    ..QueueStats::default()
+                })
+                .paused = Some(p);
+        }
+    }
+    Ok(by_queue.into_values().collect())
+}
+
+pub(super) fn pauses(conn: &Connection) -> Result<Vec<PauseRecord>> {
+    let mut stmt = conn.prepare_cached(sql::SELECT_PAUSES)?;
+    let rows = stmt.query_map([], |r| {
+        let scope: String = r.get(0)?;
+        Ok(PauseRecord {
+            scope: scope.parse().map_err(|e: String| conversion(0, e))?,
+            name: r.get(1)?,
+            note: r.get(2)?,
+            paused_at: Timestamp(r.get(3)?),
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub(super) fn breakers(conn: &Connection) -> Result<Vec<BreakerRecord>> {
+    let mut stmt = conn.prepare_cached(sql::SELECT_BREAKERS)?;
+    let rows = stmt.query_map([], breaker_record)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Maps a row of `SELECT_BREAKER(S)`.
+pub(super) fn breaker_record(r: &Row<'_>) -> rusqlite::Result<BreakerRecord> {
+    let state: String = r.get(1)?;
+    let ts = |i: usize| -> rusqlite::Result<Option<Timestamp>> {
+        Ok(r.get::<_, Option<i64>>(i)?.map(Timestamp))
+    };
+    let probe_job: Option<JobId> = r.get(6)?;
+    let probe_epoch: Option<u64> = r.get(7)?;
+    Ok(BreakerRecord {
+        kind: r.get(0)?,
+        state: state.parse().map_err(|e: String| conversion(1, e))?,
+        failures: r.get(2)?,
+        streak_started_at: ts(3)?,
+        opened_at: ts(4)?,
+        retry_at: ts(5)?,
+        probe: probe_job.zip(probe_epoch),
+        trips: r.get(8)?,
+        last_error: r.get(9)?,
+        updated_at: Timestamp(r.get(10)?),
+    })
+}
+
+pub(super) fn schedules(conn: &Connection) -> Result<Vec<ScheduleRecord>> {
+    let q = format!(
+        "SELECT {} {} ORDER BY s.id",
+        sql::SCHEDULE_COLUMNS,
+        sql::SCHEDULES_FROM
+    );
+    let mut stmt = conn.prepare_cached(&q)?;
+    let rows = stmt.query_map([], schedule_record)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub(super) fn schedule(conn: &Connection, id: &str) -> Result<Option<ScheduleRecord>> {
+    let q = format!(
+        "SELECT {} {} WHERE s.id = ?1",
+        sql::SCHEDULE_COLUMNS,
+        sql::SCHEDULES_FROM
+    );
+    Ok(conn
+        .prepare_cached(&q)?
+        .query_row([id], schedule_record)
+        .optional()?)
+}
+
+/// Unpaused schedules whose next run is due, or whose buffered fire's
+/// predecessor has finished.
+pub(super) fn due_schedules(
+    conn: &Connection,
+    now: Timestamp,
+    limit: u32,
+) -> Result<Vec<ScheduleRecord>> {
+    let q = format!(
+        "SELECT {} {}
+         WHERE s.paused = 0
+           AND ((s.next_run_at IS NOT NULL AND s.next_run_at <= ?1)
+                OR (s.buffered_at IS NOT NULL
+                    AND (j.state IS NULL
+                         OR j.state IN ('completed', 'discarded', 'cancelled'))))
+         ORDER BY s.next_run_at
+         LIMIT ?2",
+        sql::SCHEDULE_COLUMNS,
+        sql::SCHEDULES_FROM
+    );
+    let mut stmt = conn.prepare_cached(&q)?;
+    let rows = stmt.query_map(rusqlite::params![now.0, limit], schedule_record)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub(super) fn next_schedule_wake(conn: &Connection) -> Result<(Option<Timestamp>, bool)> {
+    Ok(conn
+        .prepare_cached(sql::NEXT_SCHEDULE_WAKE)?
+        .query_row([], |r| {
+            Ok((r.get::<_, Option<i64>>(0)?.map(Timestamp), r.get(1)?))
+        })?)
+}
+
+/// Maps a row of [`sql::SCHEDULE_COLUMNS`].
+fn schedule_record(r: &Row<'_>) -> rusqlite::Result<ScheduleRecord> {
+    let ts = |i: usize| -> rusqlite::Result<Option<Timestamp>> {
+        Ok(r.get::<_, Option<i64>>(i)?.map(Timestamp))
+    };
+    let last_state: Option<String> = r.get(13)?;
+    Ok(ScheduleRecord {
+        id: r.get(0)?,
+        spec: r.get(1)?,
+        next_fire_at: ts(2)?,
+        next_run_at: ts(3)?,
+        paused: r.get(4)?,
+        pause_note: r.get(5)?,
+        paused_at: ts(6)?,
+        fired: r.get(7)?,
+        missed: r.get(8)?,
+        skipped: r.get(9)?,
+        triggers: r.get(10)?,
+        last_fire_at: ts(11)?,
+        last_job_id: r.get(12)?,
+        last_job_state: last_state
+            .map(|s| s.parse().map_err(|e: String| conversion(13, e)))
+            .transpose()?,
+        buffered_at: ts(14)?,
+        version: r.get(15)?,
+        created_at: Timestamp(r.get(16)?),
+        updated_at: Timestamp(r.get(17)?),
+    })
+}
+
+fn conversion(i: usize, e: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
 }
 
 pub(super) fn kv_get(conn: &Connection, ns: &str, key: &str) -> Result<KvEntry> {
@@ -202,6 +386,10 @@ fn job_record(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
         finalized_at: ts(15)?,
         lease_expires_at: ts(16)?,
         callback_url: r.get(17)?,
+        concurrency_key: r.get(18)?,
+        concurrency_limit: r.get(19)?,
+        conflicts: r.get(20)?,
+        schedule_id: r.get(21)?,
         attempts: Vec::new(),
     })
 }

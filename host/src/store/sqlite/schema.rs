@@ -97,6 +97,110 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX outbox_due ON outbox (next_attempt_at, id)
         WHERE state = 'pending';
     "#,
+    // 3: schedules, safeguards, contention, retention.
+    r#"
+    ALTER TABLE jobs ADD COLUMN concurrency_key TEXT;
+    -- At most this many running jobs with the key; NULL without a key.
+    ALTER TABLE jobs ADD COLUMN concurrency_limit INTEGER;
+    -- kv conflicts so far: each gave its attempt back.
+    ALTER TABLE jobs ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN schedule_id TEXT;
+
+    -- Keyed jobs: the claim counts the running ones per key, and checks
+    -- cheaply whether any keyed job waits at all (if none, the claim takes
+    -- its fast path). Waiting jobs are indexed with their limit, so that a
+    -- key's largest limit is one seek.
+    CREATE INDEX jobs_keyed_running ON jobs (concurrency_key)
+        WHERE concurrency_key IS NOT NULL AND state = 'running';
+    CREATE INDEX jobs_keyed_waiting ON jobs (concurrency_key, concurrency_limit)
+        WHERE concurrency_key IS NOT NULL AND state IN ('available', 'retryable');
+
+    -- The cleaner's scan for finished jobs past their retention.
+    CREATE INDEX jobs_finished ON jobs (finalized_at)
+        WHERE state IN ('completed', 'discarded', 'cancelled');
+
+    CREATE TABLE schedules (
+        id            TEXT    PRIMARY KEY,
+        -- The canonical definition (JSON) and the part of it that decides
+        -- the fire times.
+        spec          TEXT    NOT NULL,
+        cadence       TEXT    NOT NULL,
+        -- Rises on every change of the definition: a scheduler that
+        -- planned from an older one is fenced out.
+        version       INTEGER NOT NULL DEFAULT 1,
+        -- The nominal time of the next fire (NULL: no more, past end_at),
+        -- and when it is made (nominal + jitter).
+        next_fire_at  INTEGER,
+        next_run_at   INTEGER,
+        paused        INTEGER NOT NULL DEFAULT 0,
+        pause_note    TEXT,
+        paused_at     INTEGER,
+        fired         INTEGER NOT NULL DEFAULT 0,
+        missed        INTEGER NOT NULL DEFAULT 0,
+        skipped       INTEGER NOT NULL DEFAULT 0,
+        triggers      INTEGER NOT NULL DEFAULT 0,
+        last_fire_at  INTEGER,
+        last_job_id   INTEGER,
+        -- overlap = buffer_one: the nominal time of the fire held back.
+        buffered_at   INTEGER,
+        created_at    INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL
+    );
+
+    CREATE INDEX schedules_due ON schedules (next_run_at)
+        WHERE paused = 0 AND next_run_at IS NOT NULL;
+
+    -- Every fire made, once: a second scheduler racing for the same fire
+    -- cannot insert it again. `trigger` is 0 for the cadence's fires and n
+    -- for the n-th manual trigger.
+    CREATE TABLE schedule_fires (
+        schedule_id TEXT    NOT NULL,
+        nominal_at  INTEGER NOT NULL,
+        trigger     INTEGER NOT NULL,
+        job_id      INTEGER NOT NULL,
+        fired_at    INTEGER NOT NULL,
+        PRIMARY KEY (schedule_id, nominal_at, trigger)
+    ) WITHOUT ROWID;
+
+    CREATE INDEX schedule_fires_age ON schedule_fires (fired_at);
+
+    -- One circuit breaker per plugin kind that has failed.
+    CREATE TABLE breakers (
+        kind              TEXT    PRIMARY KEY,
+        state             TEXT    NOT NULL CHECK (state IN
+                            ('closed', 'open', 'half_open')),
+        failures          INTEGER NOT NULL DEFAULT 0,
+        streak_started_at INTEGER,
+        opened_at         INTEGER,
+        retry_at          INTEGER,
+        -- half_open: the probe's claim (job id and epoch).
+        probe_job         INTEGER,
+        probe_epoch       INTEGER,
+        trips             INTEGER NOT NULL DEFAULT 0,
+        last_error        TEXT,
+        updated_at        INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    -- GCRA state per rate-limited kind: the theoretical arrival time (ms,
+    -- fractional) of its next job.
+    CREATE TABLE rate_limits (
+        kind TEXT PRIMARY KEY,
+        tat  REAL NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE pauses (
+        scope     TEXT    NOT NULL CHECK (scope IN ('kind', 'queue')),
+        name      TEXT    NOT NULL,
+        note      TEXT    NOT NULL,
+        paused_at INTEGER NOT NULL,
+        PRIMARY KEY (scope, name)
+    ) WITHOUT ROWID;
+
+    -- The cleaner's scans for kv tombstones and delivered events.
+    CREATE INDEX kv_tombstones ON kv (updated_at) WHERE value IS NULL;
+    CREATE INDEX outbox_delivered ON outbox (finalized_at)
+        WHERE state = 'delivered';
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -8,13 +8,25 @@
 /// and returns no row; the caller then looks the existing job up.
 pub const INSERT_JOB: &str = "
     INSERT INTO jobs (kind, queue, payload, idempotency_key, state, priority,
-                      run_at, max_attempts, created_at, callback_url)
-    VALUES (?1, ?2, ?3, ?4, 'available', ?5, ?6, ?7, ?8, ?9)
+                      run_at, max_attempts, created_at, callback_url,
+                      concurrency_key, concurrency_limit, schedule_id)
+    VALUES (?1, ?2, ?3, ?4, 'available', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id";
 
 pub const SELECT_BY_KEY: &str = "
-    SELECT id, kind, payload, callback_url FROM jobs WHERE idempotency_key = ?1";
+    SELECT id, kind, payload, callback_url, concurrency_key, concurrency_limit
+    FROM jobs WHERE idempotency_key = ?1";
+
+/// Whether the claim must look at safeguards: a pause, a breaker that is
+/// not closed, or a keyed job waiting. Each part is one seek; when all are
+/// false the plain `CLAIM` applies.
+pub const GUARDS_IN_USE: &str = "
+    SELECT EXISTS (SELECT 1 FROM pauses)
+        OR EXISTS (SELECT 1 FROM breakers WHERE state <> 'closed')
+        OR EXISTS (SELECT 1 FROM jobs
+                   WHERE concurrency_key IS NOT NULL
+                     AND state IN ('available', 'retryable'))";
 
 /// claim: available/retryable → running, in (priority, run_at, id) order.
 /// ?1 now, ?2 lease expiry, ?3 worker, ?4 JSON array of excluded kinds,
@@ -37,6 +49,74 @@ pub const CLAIM: &str = "
         LIMIT ?5)
     RETURNING id, kind, queue, payload, idempotency_key, priority, attempt,
               max_attempts, epoch, run_at";
+
+/// The guarded claim's candidates, in claim order: due, not of an excluded
+/// kind (?2, JSON array: full, paused, open breaker, no rate left), not on a
+/// paused queue (?3), not of a saturated concurrency key (?4). The caller
+/// reads them one by one, admitting each within its kind's and key's
+/// budget, and stops once it has enough.
+pub const CLAIM_CANDIDATES: &str = "
+    SELECT id, kind, concurrency_key, concurrency_limit FROM jobs
+    WHERE state IN ('available', 'retryable')
+      AND run_at <= ?1
+      AND kind NOT IN (SELECT value FROM json_each(?2))
+      AND queue NOT IN (SELECT value FROM json_each(?3))
+      AND (concurrency_key IS NULL
+           OR concurrency_key NOT IN (SELECT value FROM json_each(?4)))
+    ORDER BY priority, run_at, id";
+
+/// The guarded claim itself: the admitted candidates (?4, JSON array of
+/// ids) → running, fenced on their state.
+pub const CLAIM_IDS: &str = "
+    UPDATE jobs
+    SET state = 'running',
+        attempt = attempt + 1,
+        epoch = epoch + 1,
+        attempted_at = ?1,
+        lease_expires_at = ?2,
+        leased_by = ?3
+    WHERE id IN (SELECT value FROM json_each(?4))
+      AND state IN ('available', 'retryable')
+    RETURNING id, kind, queue, payload, idempotency_key, priority, attempt,
+              max_attempts, epoch, run_at";
+
+/// Running jobs per concurrency key.
+pub const RUNNING_PER_KEY: &str = "
+    SELECT concurrency_key, COUNT(*) FROM jobs
+    WHERE concurrency_key IS NOT NULL AND state = 'running'
+    GROUP BY concurrency_key";
+
+/// The largest limit among a key's waiting jobs: the key is saturated for
+/// all of them once that many run.
+pub const MAX_WAITING_LIMIT: &str = "
+    SELECT MAX(concurrency_limit) FROM jobs
+    WHERE concurrency_key = ?1 AND state IN ('available', 'retryable')";
+
+pub const SELECT_PAUSES: &str = "
+    SELECT scope, name, note, paused_at FROM pauses ORDER BY scope, name";
+
+/// Breakers that hold jobs back, with whether their probe still runs.
+pub const ACTIVE_BREAKERS: &str = "
+    SELECT b.kind, b.state, b.retry_at,
+           EXISTS (SELECT 1 FROM jobs j
+                   WHERE j.id = b.probe_job AND j.epoch = b.probe_epoch
+                     AND j.state = 'running')
+    FROM breakers b WHERE b.state <> 'closed'";
+
+/// A probe was claimed: open → half-open (or a half-open breaker whose
+/// probe ended without a verdict gets a new one). ?1 kind, ?2 job,
+/// ?3 epoch, ?4 now.
+pub const BREAKER_PROBE: &str = "
+    UPDATE breakers
+    SET state = 'half_open', probe_job = ?2, probe_epoch = ?3, updated_at = ?4
+    WHERE kind = ?1 AND state IN ('open', 'half_open')
+    RETURNING 1";
+
+pub const SELECT_TAT: &str = "SELECT tat FROM rate_limits WHERE kind = ?1";
+
+pub const UPSERT_TAT: &str = "
+    INSERT INTO rate_limits (kind, tat) VALUES (?1, ?2)
+    ON CONFLICT (kind) DO UPDATE SET tat = excluded.tat";
 
 /// The fence shared by the write-backs below: ?1 id, ?2 epoch, and ?3 a
 /// bound on the lease (the worker passes the maximum; the rescuer passes
@@ -68,6 +148,71 @@ pub const DISCARD: &str = fenced!("state = 'discarded', error = ?4, finalized_at
 
 /// running → available, giving the attempt back (host shutdown). ?4 now.
 pub const RELEASE: &str = fenced!("state = 'available', attempt = attempt - 1, run_at = ?4");
+
+/// running → retryable after a kv conflict, giving the attempt back, while
+/// the job's conflict budget lasts (?7). A job without a concurrency key
+/// gets ?6, the conflicting kv key's, with limit 1: the losers on one key
+/// run one at a time from then on. ?4 error, ?5 next run_at.
+pub const CONFLICT_RETRY: &str = "
+    UPDATE jobs
+    SET state = 'retryable', error = ?4, run_at = ?5,
+        attempt = attempt - 1, conflicts = conflicts + 1,
+        concurrency_limit = CASE WHEN concurrency_key IS NULL THEN 1
+                                 ELSE concurrency_limit END,
+        concurrency_key = COALESCE(concurrency_key, ?6),
+        lease_expires_at = NULL, leased_by = NULL
+    WHERE id = ?1 AND epoch = ?2 AND state = 'running'
+      AND lease_expires_at <= ?3 AND conflicts < ?7
+    RETURNING callback_url IS NOT NULL";
+
+/// running → retryable after a kv conflict past the budget: the attempt is
+/// used up. ?4 error, ?5 next run_at.
+pub const CONFLICT_RETRY_SPENT: &str =
+    fenced!("state = 'retryable', error = ?4, run_at = ?5, conflicts = conflicts + 1");
+
+/// running → discarded after a kv conflict on the last attempt, past the
+/// budget. ?4 error, ?5 now.
+pub const CONFLICT_DISCARD: &str =
+    fenced!("state = 'discarded', error = ?4, finalized_at = ?5, conflicts = conflicts + 1");
+
+pub const SELECT_BREAKER: &str = "
+    SELECT kind, state, failures, streak_started_at, opened_at, retry_at,
+           probe_job, probe_epoch, trips, last_error, updated_at
+    FROM breakers WHERE kind = ?1";
+
+pub const SELECT_BREAKERS: &str = "
+    SELECT kind, state, failures, streak_started_at, opened_at, retry_at,
+           probe_job, probe_epoch, trips, last_error, updated_at
+    FROM breakers ORDER BY kind";
+
+/// A breaker's new state, written whole: the write-back that computed it
+/// runs in the same transaction as the read.
+pub const UPSERT_BREAKER: &str = "
+    INSERT INTO breakers (kind, state, failures, streak_started_at, opened_at,
+                          retry_at, probe_job, probe_epoch, trips, last_error,
+                          updated_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+    ON CONFLICT (kind) DO UPDATE SET
+        state = excluded.state, failures = excluded.failures,
+        streak_started_at = excluded.streak_started_at,
+        opened_at = excluded.opened_at, retry_at = excluded.retry_at,
+        probe_job = excluded.probe_job, probe_epoch = excluded.probe_epoch,
+        trips = excluded.trips, last_error = excluded.last_error,
+        updated_at = excluded.updated_at";
+
+/// jobs breaker reset: any → closed, streak cleared. ?1 kind, ?2 now.
+pub const RESET_BREAKER: &str = "
+    UPDATE breakers
+    SET state = 'closed', failures = 0, streak_started_at = NULL,
+        retry_at = NULL, probe_job = NULL, probe_epoch = NULL, updated_at = ?2
+    WHERE kind = ?1";
+
+pub const INSERT_PAUSE: &str = "
+    INSERT INTO pauses (scope, name, note, paused_at) VALUES (?1, ?2, ?3, ?4)
+    ON CONFLICT (scope, name) DO UPDATE SET note = excluded.note
+    RETURNING paused_at = ?4";
+
+pub const DELETE_PAUSE: &str = "DELETE FROM pauses WHERE scope = ?1 AND name = ?2";
 
 /// The attempt row that goes with every transition out of running.
 pub const INSERT_ATTEMPT: &str = "
@@ -110,6 +255,153 @@ pub const CANCEL_RUNNING: &str = "
         lease_expires_at = NULL, leased_by = NULL
     WHERE id = ?1 AND epoch = ?2 AND state = 'running'";
 
+/// The columns [`super::read::schedule_record`] reads, in order.
+pub const SCHEDULE_COLUMNS: &str = "
+    s.id, s.spec, s.next_fire_at, s.next_run_at, s.paused, s.pause_note,
+    s.paused_at, s.fired, s.missed, s.skipped, s.triggers, s.last_fire_at,
+    s.last_job_id, j.state, s.buffered_at, s.version, s.created_at,
+    s.updated_at";
+
+/// Schedules with their last job's state.
+pub const SCHEDULES_FROM: &str = "FROM schedules s LEFT JOIN jobs j ON j.id = s.last_job_id";
+
+pub const SELECT_SCHEDULE_SPEC: &str = "
+    SELECT spec, cadence FROM schedules WHERE id = ?1";
+
+/// apply, new schedule. ?1 id, ?2 spec, ?3 cadence, ?4 next fire, ?5 next
+/// run, ?6 now.
+pub const INSERT_SCHEDULE: &str = "
+    INSERT INTO schedules (id, spec, cadence, next_fire_at, next_run_at,
+                           created_at, updated_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)";
+
+/// apply, same cadence: the template changes, the next fire stays.
+/// ?1 id, ?2 spec, ?3 now.
+pub const UPDATE_SCHEDULE_SPEC: &str = "
+    UPDATE schedules SET spec = ?2, version = version + 1, updated_at = ?3
+    WHERE id = ?1";
+
+/// apply, new cadence: the next fire is computed afresh and a buffered fire
+/// of the old cadence is dropped. ?1 id, ?2 spec, ?3 cadence, ?4 next fire,
+/// ?5 next run, ?6 now.
+pub const UPDATE_SCHEDULE_CADENCE: &str = "
+    UPDATE schedules
+    SET spec = ?2, cadence = ?3, next_fire_at = ?4, next_run_at = ?5,
+        buffered_at = NULL, version = version + 1, updated_at = ?6
+    WHERE id = ?1";
+
+pub const DELETE_SCHEDULE: &str = "DELETE FROM schedules WHERE id = ?1";
+
+pub const SCHEDULE_IDS: &str = "SELECT id FROM schedules ORDER BY id";
+
+/// A scheduler's fire, fenced on the version and next fire it planned
+/// from and on the schedule being unpaused: advances the schedule.
+/// ?1 id, ?2 version, ?3 expected next fire, ?4 new next fire, ?5 new next
+/// run, ?6 missed, ?7 now.
+pub const ADVANCE_SCHEDULE: &str = "
+    UPDATE schedules
+    SET next_fire_at = ?4, next_run_at = ?5, missed = missed + ?6,
+        updated_at = ?7
+    WHERE id = ?1 AND version = ?2 AND next_fire_at = ?3 AND paused = 0
+    RETURNING last_job_id, buffered_at";
+
+/// Whether a job is unfinished (for `overlap`).
+pub const JOB_UNFINISHED: &str = "
+    SELECT state IN ('available', 'running', 'retryable') FROM jobs WHERE id = ?1";
+
+/// The fire record. ?1 schedule, ?2 nominal, ?3 trigger (0: cadence),
+/// ?4 job, ?5 now.
+pub const INSERT_FIRE: &str = "
+    INSERT INTO schedule_fires (schedule_id, nominal_at, trigger, job_id, fired_at)
+    VALUES (?1, ?2, ?3, ?4, ?5)
+    ON CONFLICT DO NOTHING";
+
+/// The schedule after its fires: ?1 id, ?2 fires made, ?3 skipped,
+/// ?4 last fire (NULL: unchanged), ?5 last job (NULL: unchanged),
+/// ?6 buffered nominal (NULL: none).
+pub const RECORD_FIRES: &str = "
+    UPDATE schedules
+    SET fired = fired + ?2, skipped = skipped + ?3,
+        last_fire_at = COALESCE(?4, last_fire_at),
+        last_job_id = COALESCE(?5, last_job_id),
+        buffered_at = ?6
+    WHERE id = ?1";
+
+/// A manual trigger's job is the schedule's last. ?1 id, ?2 now, ?3 job.
+pub const RECORD_TRIGGER: &str = "
+    UPDATE schedules SET fired = fired + 1, last_fire_at = ?2, last_job_id = ?3
+    WHERE id = ?1";
+
+/// A buffered fire released, fenced on the version and on that fire being
+/// the one buffered. ?1 id, ?2 version, ?3 nominal, ?4 now.
+pub const RELEASE_BUFFERED: &str = "
+    UPDATE schedules SET buffered_at = NULL, updated_at = ?4
+    WHERE id = ?1 AND version = ?2 AND buffered_at = ?3 AND paused = 0
+    RETURNING 1";
+
+/// A manual trigger's number. ?1 id, ?2 now.
+pub const NEXT_TRIGGER: &str = "
+    UPDATE schedules SET triggers = triggers + 1, updated_at = ?2
+    WHERE id = ?1 RETURNING triggers";
+
+pub const PAUSE_SCHEDULE: &str = "
+    UPDATE schedules
+    SET paused = 1, pause_note = ?2, updated_at = ?3,
+        paused_at = CASE WHEN paused = 1 THEN paused_at ELSE ?3 END
+    WHERE id = ?1
+    RETURNING paused_at = ?3";
+
+/// resume: the next fire is computed from now (fires while paused are not
+/// made). ?1 id, ?2 next fire, ?3 next run, ?4 now.
+pub const RESUME_SCHEDULE: &str = "
+    UPDATE schedules
+    SET paused = 0, pause_note = NULL, paused_at = NULL, next_fire_at = ?2,
+        next_run_at = ?3, buffered_at = NULL, version = version + 1,
+        updated_at = ?4
+    WHERE id = ?1 AND paused = 1";
+
+/// The earliest next run of an unpaused schedule, and whether any holds a
+/// buffered fire.
+pub const NEXT_SCHEDULE_WAKE: &str = "
+    SELECT (SELECT MIN(next_run_at) FROM schedules
+            WHERE paused = 0 AND next_run_at IS NOT NULL),
+           EXISTS (SELECT 1 FROM schedules
+                   WHERE paused = 0 AND buffered_at IS NOT NULL)";
+
+/// Retention: a batch of finished jobs of the given states finalized before
+/// ?2. ?1 JSON array of states, ?3 limit.
+pub const FINISHED_BEFORE: &str = "
+    SELECT id FROM jobs
+    WHERE state IN (SELECT value FROM json_each(?1)) AND finalized_at < ?2
+    ORDER BY finalized_at
+    LIMIT ?3";
+
+pub const DELETE_ATTEMPTS_OF: &str = "
+    DELETE FROM attempts WHERE job_id IN (SELECT value FROM json_each(?1))";
+
+/// Deletes the jobs (fenced on their still being finished: an operator
+/// may have retried one since the batch was chosen).
+pub const DELETE_JOBS: &str = "
+    DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?1))
+      AND state IN ('completed', 'discarded', 'cancelled')";
+
+/// kv tombstones older than ?1 (see `docs/state-machine.md` on why they are
+/// kept that long). ?2 limit.
+pub const DELETE_TOMBSTONES: &str = "
+    DELETE FROM kv WHERE (namespace, key) IN (
+        SELECT namespace, key FROM kv WHERE value IS NULL AND updated_at < ?1
+        ORDER BY updated_at LIMIT ?2)";
+
+pub const DELETE_DELIVERED: &str = "
+    DELETE FROM outbox WHERE id IN (
+        SELECT id FROM outbox WHERE state = 'delivered' AND finalized_at < ?1
+        ORDER BY finalized_at LIMIT ?2)";
+
+pub const DELETE_FIRES: &str = "
+    DELETE FROM schedule_fires WHERE (schedule_id, nominal_at, trigger) IN (
+        SELECT schedule_id, nominal_at, trigger FROM schedule_fires
+        WHERE fired_at < ?1 ORDER BY fired_at LIMIT ?2)";
+
 pub const SELECT_STATE: &str = "
     SELECT state, epoch, attempt, attempted_at FROM jobs WHERE id = ?1";
 
@@ -117,7 +409,8 @@ pub const SELECT_STATE: &str = "
 pub const JOB_COLUMNS: &str = "
     id, kind, queue, state, priority, attempt, max_attempts, epoch,
     idempotency_key, payload, output, error, created_at, run_at,
-    attempted_at, finalized_at, lease_expires_at, callback_url";
+    attempted_at, finalized_at, lease_expires_at, callback_url,
+    concurrency_key, concurrency_limit, conflicts, schedule_id";
 
 pub const SELECT_ATTEMPTS: &str = "
     SELECT attempt, epoch, outcome, error, started_at, ended_at, duration_ms,

@@ -74,6 +74,7 @@ pub async fn trigger_schedule(
 ) -> Result<Enqueued, AdminError> {
     let (_, def) = schedule(store, id).await?;
     let mut job = def.template_job();
-    crate::enqueue::prepare(&mut job, config.plugin(&def.job.kind)).map_err(AdminError::Invalid)?;
+    crate::enqueue::prepare(&mut job, config.plugin(&def.job.kind))
+        .map_err(|e| AdminError::Invalid(e.to_string()))?;
     Ok(store.trigger_schedule(id.to_owned(), job, now).await?)
 }

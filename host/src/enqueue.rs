@@ -3,22 +3,20 @@
 //! queue, concurrency key), its callback URL, and its kind's `max_payload`.
 //! Nothing is written for a batch with any job refused.
 
-use crate::job::NewJob;
+use crate::job::{InvalidField, NewJob};
 use crate::plugins::PluginSettings;
 use crate::sandbox::HttpRule;
 
 /// Checks `job` against `settings` (its kind's) and fills in what enqueue
 /// left to the configuration (`max_attempts`). The error is one line.
-pub fn prepare(job: &mut NewJob, settings: &PluginSettings) -> Result<(), String> {
-    crate::plugins::validate_kind(&job.kind)?;
+pub fn prepare(job: &mut NewJob, settings: &PluginSettings) -> Result<(), InvalidField> {
+    crate::plugins::validate_kind(&job.kind).map_err(|e| InvalidField::new("kind", e))?;
     job.validate()?;
     if let Some(url) = &job.callback_url {
-        HttpRule::parse(url, None).map_err(|e| format!("callback: {e}"))?;
+        HttpRule::parse(url, None).map_err(|e| InvalidField::new("callback_url", e))?;
     }
-    check_payload(&job.kind, &job.payload, settings)?;
-    if job.max_attempts == Some(0) {
-        return Err("max attempts: must be at least 1".into());
-    }
+    check_payload(&job.kind, &job.payload, settings)
+        .map_err(|e| InvalidField::new("payload", e))?;
     job.max_attempts.get_or_insert(settings.retry.max_attempts);
     Ok(())
 }
@@ -67,18 +65,18 @@ mod tests {
         let big = format!("{{\"x\": \"{}\"}}", "a".repeat(2000));
         let mut job = NewJob::new("echo", &big).unwrap();
         let err = prepare(&mut job, &settings).unwrap_err();
+        assert_eq!(err.field, "payload");
         assert_eq!(
-            err,
+            err.message,
             "payload of 2.0 KiB is over the limit of 1.0 KiB for kind \"echo\" (max_payload)"
         );
         let mut bad = NewJob {
             callback_url: Some("ftp://x".into()),
             ..NewJob::new("echo", "{}").unwrap()
         };
-        assert!(
-            prepare(&mut bad, &settings)
-                .unwrap_err()
-                .starts_with("callback:")
+        assert_eq!(
+            prepare(&mut bad, &settings).unwrap_err().field,
+            "callback_url"
         );
         let mut reserved = NewJob {
             idempotency_key: Some("schedule:x:1".into()),
@@ -87,6 +85,7 @@ mod tests {
         assert!(
             prepare(&mut reserved, &settings)
                 .unwrap_err()
+                .message
                 .contains("reserved")
         );
     }

@@ -207,31 +207,62 @@ impl NewJob {
     /// Checks what the store cannot: the idempotency key, the queue and the
     /// concurrency key. (The callback URL and the payload's size are
     /// checked against the configuration by [`crate::enqueue`].)
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidField> {
         if let Some(key) = &self.idempotency_key {
             if key.is_empty() || key.len() > 256 {
-                return Err("idempotency key: must be 1 to 256 bytes".into());
+                return Err(InvalidField::new(
+                    "idempotency_key",
+                    "must be 1 to 256 bytes",
+                ));
             }
             for reserved in [DERIVED_KEY_PREFIX, SCHEDULE_KEY_PREFIX] {
                 if key.starts_with(reserved) {
-                    return Err(format!(
-                        "idempotency key: keys starting with {reserved:?} are reserved for jobbox's own"
+                    return Err(InvalidField::new(
+                        "idempotency_key",
+                        format!("keys starting with {reserved:?} are reserved for jobbox's own"),
                     ));
                 }
             }
         }
-        validate_queue(&self.queue).map_err(|e| format!("queue: {e}"))?;
+        validate_queue(&self.queue).map_err(|e| InvalidField::new("queue", e))?;
         match (&self.concurrency_key, self.concurrency_limit) {
             (Some(key), limit) => {
-                validate_concurrency_key(key).map_err(|e| format!("concurrency key: {e}"))?;
+                validate_concurrency_key(key)
+                    .map_err(|e| InvalidField::new("concurrency_key", e))?;
                 if limit == Some(0) {
-                    return Err("concurrency limit: must be at least 1".into());
+                    return Err(InvalidField::new("concurrency_limit", "must be at least 1"));
                 }
             }
-            (None, Some(_)) => return Err("concurrency limit: needs a concurrency key".into()),
+            (None, Some(_)) => {
+                return Err(InvalidField::new(
+                    "concurrency_limit",
+                    "needs a concurrency key",
+                ));
+            }
             (None, None) => {}
         }
+        if self.max_attempts == Some(0) {
+            return Err(InvalidField::new("max_attempts", "must be at least 1"));
+        }
         Ok(())
+    }
+}
+
+/// A field of a job (or request) that is wrong, and why. The field is
+/// named as in the API's JSON; the CLI names its flag instead.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidField {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl InvalidField {
+    pub fn new(field: &'static str, message: impl Into<String>) -> InvalidField {
+        InvalidField {
+            field,
+            message: message.into(),
+        }
     }
 }
 

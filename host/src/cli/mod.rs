@@ -203,7 +203,14 @@ async fn enqueue(config: &Config, args: EnqueueArgs) -> anyhow::Result<()> {
         concurrency_limit: args.concurrency_limit,
         schedule_id: None,
     };
-    crate::enqueue::prepare(&mut job, config.plugin(&args.kind)).map_err(anyhow::Error::msg)?;
+    crate::enqueue::prepare(&mut job, config.plugin(&args.kind)).map_err(|e| {
+        let flag = match e.field {
+            "callback_url" => "--callback".to_owned(),
+            "kind" => "KIND".to_owned(),
+            field => format!("--{}", field.replace('_', "-")),
+        };
+        anyhow::anyhow!("{flag}: {}", e.message)
+    })?;
     let plugin_file = config.host.plugins_dir.join(format!("{}.wasm", args.kind));
     if !plugin_file.is_file() {
         eprintln!(

@@ -190,7 +190,7 @@ impl Host {
     pub async fn enqueue(&self, mut jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, StoreError> {
         for job in &mut jobs {
             crate::enqueue::prepare(job, self.settings(&job.kind))
-                .map_err(StoreError::InvalidJob)?;
+                .map_err(|e| StoreError::InvalidJob(e.to_string()))?;
             if self.registry.get(&job.kind).is_none() {
                 tracing::warn!(kind = %job.kind, "enqueued a job of a kind with no plugin loaded");
             }

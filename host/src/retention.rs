@@ -6,6 +6,13 @@
 //! keys) past theirs; delivered outbox events; and the fire records of
 //! schedules, kept as long as the longer of the two job retentions.
 //!
+//! Discarded and cancelled jobs are found through an index. Completed ones
+//! are not indexed, since an index entry per completion would cost the hot
+//! path a write: the cleaner sweeps the jobs in id order instead (ids rise
+//! with creation), stopping where they become too young to be due and
+//! going on from there next time; once an hour it sweeps from the start,
+//! for the few jobs that finished long after they were created.
+//!
 //! Tombstones are kept because a kv key's version must never repeat while
 //! an attempt that read it could still commit: an attempt that read a key
 //! as absent, before it was written and deleted, would otherwise find it
@@ -47,8 +54,9 @@ impl Default for RetentionConfig {
 }
 
 impl RetentionConfig {
-    /// What is due for deletion at `now`.
-    pub fn request(&self, now: Timestamp) -> CleanRequest {
+    /// What is due for deletion at `now`, the sweep of completed jobs
+    /// going on after job `sweep_from`.
+    pub fn request(&self, now: Timestamp, sweep_from: crate::job::JobId) -> CleanRequest {
         let before =
             |keep: Option<Duration>| keep.map(|k| Timestamp(now.0 - crate::time::duration_ms(k)));
         let fires = match (self.completed, self.discarded) {
@@ -57,6 +65,7 @@ impl RetentionConfig {
         };
         CleanRequest {
             completed_before: before(self.completed),
+            sweep_from,
             failed_before: before(self.discarded),
             tombstones_before: before(self.kv_tombstones),
             delivered_before: before(self.delivered_events),

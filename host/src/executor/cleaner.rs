@@ -18,6 +18,19 @@ use crate::store::{CleanReport, StoreError};
 /// The pause between two batches of one cleaning round.
 const BETWEEN_BATCHES: Duration = Duration::from_millis(10);
 
+/// How often the sweep of completed jobs starts over from the first job,
+/// rather than from where the last round found jobs too young.
+const FULL_SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// Where the sweep of completed jobs goes on from.
+#[derive(Debug, Default)]
+pub(super) struct SweepCursor {
+    /// The sweep looks at jobs after this id.
+    next: crate::job::JobId,
+    /// When it last started from the first job.
+    last_full: Option<crate::time::Timestamp>,
+}
+
 impl Host {
     pub(super) async fn cleaner(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let every = self.config.retention.interval;
@@ -33,21 +46,37 @@ impl Host {
     /// Returns what was deleted.
     pub async fn clean_expired(&self) -> Result<CleanReport, StoreError> {
         let batch = self.config.retention.batch;
+        let now = self.clock.now();
+        let mut from = {
+            let mut cursor = self.sweep.lock().unwrap_or_else(|p| p.into_inner());
+            if cursor
+                .last_full
+                .is_none_or(|t| now.since(t) >= FULL_SWEEP_EVERY)
+            {
+                cursor.last_full = Some(now);
+                cursor.next = 0;
+            }
+            cursor.next
+        };
         let mut total = CleanReport::default();
         loop {
-            let req = self.config.retention.request(self.clock.now());
+            let req = self.config.retention.request(self.clock.now(), from);
             let r = self.store.clean(req).await?;
-            total.jobs += r.jobs;
-            total.attempts += r.attempts;
-            total.tombstones += r.tombstones;
-            total.events += r.events;
-            total.fires += r.fires;
-            if !r.full(batch) {
+            total.add(&r);
+            from = match (r.swept_to, r.young_from) {
+                (Some(to), _) => to,
+                // Too young from here: the next round starts here.
+                (None, Some(young)) => young - 1,
+                // The end of the table: the next round starts over.
+                (None, None) => 0,
+            };
+            if !r.more(batch) {
                 break;
             }
             tokio::time::sleep(BETWEEN_BATCHES).await;
         }
-        if total != CleanReport::default() {
+        self.sweep.lock().unwrap_or_else(|p| p.into_inner()).next = from;
+        if total.jobs + total.tombstones + total.events + total.fires > 0 {
             self.metrics.add(&self.metrics.cleaned_jobs, total.jobs);
             tracing::info!(
                 jobs = total.jobs,

@@ -82,6 +82,9 @@ pub struct Host {
     relay_wake: Notify,
     /// Woken when a schedule changes through this host.
     scheduler_wake: Notify,
+    /// The cleaner's place in its sweep of completed jobs. A std mutex:
+    /// only the cleaner takes it, briefly.
+    sweep: Mutex<cleaner::SweepCursor>,
     /// Declared last so that it drops after the plugins: it owns the
     /// epoch ticker.
     sandbox: Sandbox,
@@ -154,6 +157,7 @@ impl Host {
             backlog,
             relay_wake: Notify::new(),
             scheduler_wake: Notify::new(),
+            sweep: Mutex::default(),
             sandbox,
         })
     }

@@ -126,9 +126,14 @@ pub struct QueueStats {
 
 /// What the cleaner may delete: everything finished (or compacted) before
 /// the given times, at most `batch` rows of each kind per call.
+///
+/// Completed jobs are found by a sweep in id order (no index serves them:
+/// one would cost every completion a write): each call looks at the
+/// `batch` jobs after `sweep_from`.
 #[derive(Clone, Debug)]
 pub struct CleanRequest {
     pub completed_before: Option<Timestamp>,
+    pub sweep_from: JobId,
     /// Discarded and cancelled jobs.
     pub failed_before: Option<Timestamp>,
     pub tombstones_before: Option<Timestamp>,
@@ -145,13 +150,35 @@ pub struct CleanReport {
     pub tombstones: u64,
     pub events: u64,
     pub fires: u64,
+    /// Where the sweep of completed jobs got to: `Some(id)` to go on after
+    /// `id`; `None` if it reached the end of the table or jobs too young to
+    /// be due (then the next round starts over).
+    #[serde(skip)]
+    pub swept_to: Option<JobId>,
+    /// The first job the sweep found too young to be due, if it did.
+    #[serde(skip)]
+    pub young_from: Option<JobId>,
 }
 
 impl CleanReport {
-    /// Whether any kind hit the batch size: there may be more to delete.
-    pub fn full(&self, batch: u32) -> bool {
+    /// Whether there may be more to delete right away: a kind hit the
+    /// batch size, or the sweep has further to go.
+    pub fn more(&self, batch: u32) -> bool {
         let b = u64::from(batch);
-        self.jobs >= b || self.tombstones >= b || self.events >= b || self.fires >= b
+        self.swept_to.is_some()
+            || self.tombstones >= b
+            || self.events >= b
+            || self.fires >= b
+            || self.jobs >= b
+    }
+
+    /// Adds another batch's counts.
+    pub fn add(&mut self, other: &CleanReport) {
+        self.jobs += other.jobs;
+        self.attempts += other.attempts;
+        self.tombstones += other.tombstones;
+        self.events += other.events;
+        self.fires += other.fires;
     }
 }
 

@@ -368,13 +368,20 @@ pub const NEXT_SCHEDULE_WAKE: &str = "
            EXISTS (SELECT 1 FROM schedules
                    WHERE paused = 0 AND buffered_at IS NOT NULL)";
 
-/// Retention: a batch of finished jobs of the given states finalized before
-/// ?2. ?1 JSON array of states, ?3 limit.
-pub const FINISHED_BEFORE: &str = "
+/// Retention: a batch of discarded and cancelled jobs finalized before ?1
+/// (`jobs_failed`). ?2 limit.
+pub const FAILED_BEFORE: &str = "
     SELECT id FROM jobs
-    WHERE state IN (SELECT value FROM json_each(?1)) AND finalized_at < ?2
+    WHERE state IN ('discarded', 'cancelled') AND finalized_at < ?1
     ORDER BY finalized_at
-    LIMIT ?3";
+    LIMIT ?2";
+
+/// Retention's sweep of completed jobs, in id order from ?1, at most ?2
+/// rows (whatever their state): the caller picks the due ones and notes
+/// where the rows become too young to be due.
+pub const SWEEP: &str = "
+    SELECT id, state = 'completed', finalized_at, created_at FROM jobs
+    WHERE id > ?1 ORDER BY id LIMIT ?2";
 
 pub const DELETE_ATTEMPTS_OF: &str = "
     DELETE FROM attempts WHERE job_id IN (SELECT value FROM json_each(?1))";

@@ -1042,20 +1042,41 @@ pub(super) fn resume(conn: &Connection, scope: PauseScope, name: &str) -> Result
 pub(super) fn clean(conn: &Connection, req: &CleanRequest) -> Result<CleanReport> {
     let mut report = CleanReport::default();
     let batch = req.batch;
-    for (states, before) in [
-        (&["completed"][..], req.completed_before),
-        (&["discarded", "cancelled"][..], req.failed_before),
-    ] {
-        let Some(before) = before else { continue };
-        let states = serde_json::to_string(states).expect("strings serialize");
-        let ids: Vec<JobId> = conn
-            .prepare_cached(sql::FINISHED_BEFORE)?
-            .query_map(params![states, before.0, batch], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        if ids.is_empty() {
-            continue;
+    let mut doomed: Vec<JobId> = Vec::new();
+    if let Some(before) = req.failed_before {
+        let mut stmt = conn.prepare_cached(sql::FAILED_BEFORE)?;
+        let ids = stmt.query_map(params![before.0, batch], |r| r.get(0))?;
+        for id in ids {
+            doomed.push(id?);
         }
-        let ids = serde_json::to_string(&ids).expect("ids serialize");
+    }
+    if let Some(before) = req.completed_before {
+        let mut stmt = conn.prepare_cached(sql::SWEEP)?;
+        let mut rows = stmt.query(params![req.sweep_from, batch])?;
+        let mut seen = 0;
+        let mut last = req.sweep_from;
+        while let Some(r) = rows.next()? {
+            seen += 1;
+            let id: JobId = r.get(0)?;
+            let completed: bool = r.get(1)?;
+            let finalized_at: Option<i64> = r.get(2)?;
+            let created_at: i64 = r.get(3)?;
+            last = id;
+            if completed && finalized_at.is_some_and(|t| t < before.0) {
+                doomed.push(id);
+            } else if created_at >= before.0 {
+                // Created after the cut-off: this job and (near enough)
+                // every later one cannot be due yet.
+                report.young_from = Some(id);
+                break;
+            }
+        }
+        if report.young_from.is_none() && seen == batch {
+            report.swept_to = Some(last);
+        }
+    }
+    if !doomed.is_empty() {
+        let ids = serde_json::to_string(&doomed).expect("ids serialize");
         report.attempts += conn
             .prepare_cached(sql::DELETE_ATTEMPTS_OF)?
             .execute([&ids])? as u64;

@@ -10,6 +10,12 @@
 //!   the same concurrency, no store.
 //! - `--latency`: jobs enqueued one at a time into an idle host; reports
 //!   enqueue → start.
+//! - `--keys K` / `--rate R`: the end-to-end run with every job under one
+//!   of K concurrency keys, or with the plugin rate-limited, to show what
+//!   the claim's safeguards cost when in use.
+//! - `--contention K`: `kv-counter` jobs over K kv keys at default
+//!   settings, then again with the key as the jobs' concurrency key:
+//!   throughput, wasted attempts, discarded jobs, and the counters checked.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -50,6 +56,16 @@ pub struct BenchArgs {
     /// returns, e.g. `spin`) is stopped, with this deadline (e.g. 100ms).
     #[arg(long, value_name = "DEADLINE")]
     pub runaway: Option<String>,
+    /// Give every job one of K concurrency keys (limit 1 each).
+    #[arg(long, value_name = "K", conflicts_with_all = ["latency", "runaway", "contention"])]
+    pub keys: Option<u32>,
+    /// Rate-limit the plugin, e.g. "1000000/s" (with a burst of the same).
+    #[arg(long, value_name = "RATE", conflicts_with_all = ["latency", "runaway", "contention"])]
+    pub rate: Option<String>,
+    /// Run kv-counter jobs over K kv keys, without and with a concurrency
+    /// key (-n defaults to 3000 here).
+    #[arg(long, value_name = "K", conflicts_with_all = ["latency", "runaway"])]
+    pub contention: Option<u32>,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -87,6 +103,10 @@ impl Percentiles {
 struct ThroughputReport {
     n: usize,
     plugin: String,
+    /// Concurrency keys in use (`--keys`).
+    keys: Option<u32>,
+    /// The plugin's rate limit (`--rate`).
+    rate: Option<String>,
     concurrency: u32,
     sync: Synchronous,
     cores: usize,
@@ -148,6 +168,25 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     }
     let payload = r#"{"hello":"world"}"#;
 
+    if let Some(keys) = args.contention {
+        let report = contention(&config, &args, keys, tmp.path()).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!(
+                "contention: {} kv-counter jobs over {} keys, concurrency {}, synchronous={:?}",
+                report.n, report.keys, report.concurrency, report.sync
+            );
+            for r in [&report.without_key, &report.with_key] {
+                println!(
+                    "  {:<24} {:>8.0} jobs/s  {:>6.2} wasted attempts per job ({} kv conflicts)  {} discarded",
+                    r.variant, r.jobs_per_sec, r.wasted_per_job, r.kv_conflicts, r.discarded
+                );
+            }
+        }
+        return Ok(());
+    }
+
     if let Some(deadline) = &args.runaway {
         let deadline = crate::config::parse_duration(deadline).map_err(anyhow::Error::msg)?;
         let report = runaway(&config, &args, deadline).await?;
@@ -184,6 +223,17 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     }
 
     // End to end.
+    if let Some(rate) = &args.rate {
+        let (count, period) =
+            crate::policy::parse_rate(rate).map_err(|e| anyhow::anyhow!("--rate: {e}"))?;
+        let mut settings = config.plugin(&args.plugin).clone();
+        settings.rate = Some(crate::policy::RateLimit {
+            count,
+            period,
+            burst: count,
+        });
+        config.plugins.insert(args.plugin.clone(), settings);
+    }
     config.store.path = tmp.path().join("e2e.db");
     let store = Arc::new(SqliteStore::open(&config.store)?);
     let enqueue_secs = fill(store.as_ref(), &args, payload).await?;
@@ -232,6 +282,8 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     let report = ThroughputReport {
         n: args.n,
         plugin: args.plugin.clone(),
+        keys: args.keys,
+        rate: args.rate.clone(),
         concurrency: args.concurrency,
         sync: args.sync,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -255,8 +307,19 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
 
 fn print_throughput(r: &ThroughputReport) {
     println!(
-        "jobbox bench: {} jobs of {}, concurrency {}, synchronous={:?}, {} cores",
-        r.n, r.plugin, r.concurrency, r.sync, r.cores
+        "jobbox bench: {} jobs of {}, concurrency {}, synchronous={:?}, {} cores{}{}",
+        r.n,
+        r.plugin,
+        r.concurrency,
+        r.sync,
+        r.cores,
+        r.keys
+            .map(|k| format!(", {k} concurrency keys"))
+            .unwrap_or_default(),
+        r.rate
+            .as_ref()
+            .map(|k| format!(", rate {k}"))
+            .unwrap_or_default()
     );
     println!(
         "  enqueue (batched):     {:>10.0} jobs/s",
@@ -347,19 +410,163 @@ async fn runaway(
     })
 }
 
-/// Inserts `args.n` jobs in batches; returns the seconds it took.
+/// Inserts `args.n` jobs in batches (each under one of `--keys` keys, if
+/// given); returns the seconds it took.
 async fn fill(store: &dyn Store, args: &BenchArgs, payload: &str) -> anyhow::Result<f64> {
-    const BATCH: usize = 1000;
     let template = NewJob::new(&args.plugin, payload).map_err(anyhow::Error::msg)?;
+    let keys = args.keys;
+    fill_with(store, args.n, |i| NewJob {
+        concurrency_key: keys.map(|k| format!("key-{}", i % k as usize)),
+        ..template.clone()
+    })
+    .await
+}
+
+/// Inserts `n` jobs made by `make(i)` in batches; returns the seconds it
+/// took.
+async fn fill_with(
+    store: &dyn Store,
+    n: usize,
+    make: impl Fn(usize) -> NewJob,
+) -> anyhow::Result<f64> {
+    const BATCH: usize = 1000;
     let started = Instant::now();
-    let mut left = args.n;
-    while left > 0 {
-        let k = left.min(BATCH);
-        let batch = vec![template.clone(); k];
+    let mut i = 0;
+    while i < n {
+        let k = (n - i).min(BATCH);
+        let batch = (i..i + k).map(&make).collect();
         store.enqueue(batch, SystemClock.now()).await?;
-        left -= k;
+        i += k;
     }
     Ok(started.elapsed().as_secs_f64())
+}
+
+#[derive(Debug, Serialize)]
+struct ContentionReport {
+    n: usize,
+    keys: u32,
+    concurrency: u32,
+    sync: Synchronous,
+    without_key: ContentionRun,
+    with_key: ContentionRun,
+}
+
+#[derive(Debug, Serialize)]
+struct ContentionRun {
+    variant: &'static str,
+    jobs_per_sec: f64,
+    /// Attempts beyond the one that completed each job.
+    wasted_per_job: f64,
+    kv_conflicts: u64,
+    discarded: u64,
+}
+
+/// `kv-counter` jobs over `keys` kv keys, at the configured (default)
+/// settings, without and then with the key as concurrency key.
+async fn contention(
+    config: &Config,
+    args: &BenchArgs,
+    keys: u32,
+    dir: &std::path::Path,
+) -> anyhow::Result<ContentionReport> {
+    if keys == 0 {
+        bail!("--contention must be at least 1");
+    }
+    let kind = "kv-counter";
+    if !config.host.plugins_dir.join("kv-counter.wasm").is_file() {
+        bail!(
+            "no plugin {} to benchmark contention with",
+            config.host.plugins_dir.join("kv-counter.wasm").display()
+        );
+    }
+    // -n's default is the throughput run's; contention runs are smaller.
+    let n = if args.n == 100_000 { 3000 } else { args.n };
+    let mut config = config.clone();
+    let mut settings = config.plugin(kind).clone();
+    settings.grants.kv = true;
+    config.plugins.insert(kind.to_owned(), settings);
+    let mut runs = Vec::new();
+    for (variant, keyed) in [
+        ("without a concurrency key", false),
+        ("with a concurrency key", true),
+    ] {
+        let mut config = config.clone();
+        config.store.path = dir.join(format!("contention-{keyed}.db"));
+        let store = Arc::new(SqliteStore::open(&config.store)?);
+        fill_with(store.as_ref(), n, |i| {
+            let key = format!("counter-{}", i % keys as usize);
+            NewJob {
+                concurrency_key: keyed.then(|| key.clone()),
+                ..NewJob::new(kind, &format!("{{\"key\":\"{key}\"}}")).expect("valid JSON")
+            }
+        })
+        .await?;
+        let host = Arc::new(Host::new(
+            config.clone(),
+            Arc::clone(&store) as Arc<dyn Store>,
+            Arc::new(SystemClock),
+        )?);
+        if host.plugins().get(kind).is_none() {
+            bail!(
+                "plugin {kind} did not load: {:?}",
+                host.plugins().rejected()
+            );
+        }
+        let started = Instant::now();
+        let runner = host.spawn();
+        loop {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let c = store.counts().await?;
+            if c.completed + c.discarded + c.cancelled == n as u64 {
+                break;
+            }
+            if runner.is_finished() {
+                bail!("the host stopped early");
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        runner.stop().await?;
+        let m = host.metrics().snapshot();
+        let attempts: u64 = m.outcomes.values().sum();
+        let counts = store.counts().await?;
+        // Every increment must have landed exactly once.
+        let mut total = 0u64;
+        for k in 0..keys {
+            let entry = store
+                .kv_get(kind.to_owned(), format!("counter-{k}"))
+                .await?;
+            total += entry
+                .value
+                .and_then(|v| String::from_utf8(v).ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        if total != counts.completed {
+            bail!(
+                "{variant}: the counters sum to {total}, but {} jobs completed",
+                counts.completed
+            );
+        }
+        drop(host);
+        store.close().await?;
+        runs.push(ContentionRun {
+            variant,
+            jobs_per_sec: n as f64 / secs,
+            wasted_per_job: attempts.saturating_sub(counts.completed) as f64 / n as f64,
+            kv_conflicts: m.kv_conflicts,
+            discarded: counts.discarded,
+        });
+    }
+    let with_key = runs.pop().expect("two runs");
+    let without_key = runs.pop().expect("two runs");
+    Ok(ContentionReport {
+        n,
+        keys,
+        concurrency: args.concurrency,
+        sync: args.sync,
+        without_key,
+        with_key,
+    })
 }
 
 /// Claim + complete through the store alone, with the host's concurrency.

@@ -4,6 +4,7 @@
 //! binary, against real SQLite files in temporary directories and the real
 //! plugins built from `plugins/` by `tests/build.rs`.
 
+mod binary;
 mod cli;
 mod http;
 mod kv;
@@ -12,5 +13,6 @@ mod outbox;
 mod plugins;
 mod queue;
 mod retry;
+mod schedules;
 mod server;
 mod support;

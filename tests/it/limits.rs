@@ -7,6 +7,8 @@ use jobbox::job::{AttemptOutcome, ClaimedJob, JobState};
 use jobbox::sandbox::{Limits, Plugin, RunContext, RunError, Sandbox, SandboxConfig};
 use jobbox::time::Timestamp;
 
+use jobbox::store::Store;
+
 use crate::support::{Harness, job};
 
 fn sandbox() -> Sandbox {
@@ -113,14 +115,86 @@ async fn memory_just_under_the_limit_works_and_over_it_fails() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trap_is_reported_as_a_trap() {
+async fn a_trap_is_reported_in_one_line_that_names_it() {
     let sb = sandbox();
     let trap = load(&sb, "trap", limits(LOTS_OF_FUEL, 10_000, 64 << 20));
-    let report = run(&trap, "trap", "{}").await;
-    match report.result {
-        Err(RunError::Trap(msg)) => assert!(msg.contains("unreachable"), "{msg}"),
-        other => panic!("expected a trap, got {other:?}"),
+    for (payload, names) in [
+        ("{}", &["unreachable executed", " at "][..]),
+        (
+            r#"{"trap": "panic", "message": "ledger is\nout of balance"}"#,
+            &[
+                "unreachable executed (panicked at ",
+                "src/lib.rs",
+                "ledger is out of balance)",
+            ][..],
+        ),
+        (
+            r#"{"trap": "stack-overflow"}"#,
+            &["stack overflow", "trap::recurse"][..],
+        ),
+        (
+            r#"{"trap": "divide-by-zero"}"#,
+            &["attempt to divide by zero"][..],
+        ),
+        (
+            r#"{"trap": "out-of-bounds"}"#,
+            &["out-of-bounds memory access"][..],
+        ),
+    ] {
+        let report = run(&trap, "trap", payload).await;
+        let Err(RunError::Trap(msg)) = report.result else {
+            panic!("{payload}: expected a trap, got {:?}", report.result);
+        };
+        assert!(!msg.contains('\n'), "{payload}: not one line: {msg}");
+        assert!(msg.len() < 600, "{payload}: too long: {msg}");
+        for name in names {
+            assert!(msg.contains(name), "{payload}: {name:?} not in {msg:?}");
+        }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_over_max_output_is_not_stored_and_discards_the_job() {
+    let h = Harness::new(&["echo"], "[plugins.echo]\nmax_output = \"1KiB\"\n");
+    let running = h.start();
+    let small = running.enqueue_one(job("echo", r#"{"x": "small"}"#)).await;
+    let big_payload = format!(r#"{{"x": "{}"}}"#, "y".repeat(2000));
+    let big = running.enqueue_one(job("echo", &big_payload)).await;
+    h.wait_for_state(small, JobState::Completed, Duration::from_secs(10))
+        .await;
+    let rec = h
+        .wait_for_state(big, JobState::Discarded, Duration::from_secs(10))
+        .await;
+    running.stop().await;
+    assert_eq!(rec.output, None, "the output is not stored");
+    assert_eq!(rec.attempts.len(), 1, "a permanent failure: no retry");
+    assert_eq!(rec.attempts[0].outcome, AttemptOutcome::OutputTooLarge);
+    let error = rec.error.unwrap();
+    assert!(
+        error.contains("max_output") && error.contains("1024"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_payload_over_max_payload_is_refused_and_nothing_is_written() {
+    let h = Harness::new(&["echo"], "[plugins.echo]\nmax_payload = \"1KiB\"\n");
+    let host = h.host();
+    let big = format!(r#"{{"x": "{}"}}"#, "y".repeat(2000));
+    let err = host
+        .enqueue(vec![job("echo", "{}"), job("echo", &big)])
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("payload") && msg.contains("max_payload"),
+        "{msg}"
+    );
+    let counts = h.store.counts().await.unwrap();
+    assert_eq!(counts.available, 0, "nothing of the batch was written");
+    // Another kind has the default limit (1 MiB).
+    let fine = format!(r#"{{"x": "{}"}}"#, "y".repeat(100_000));
+    host.enqueue(vec![job("other", &fine)]).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,4 +252,24 @@ async fn the_host_records_each_limit_as_the_attempt_outcome() {
             AttemptOutcome::Trap
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_texts_stored_per_attempt_are_capped() {
+    let h = Harness::new(&["fail"], "");
+    let running = h.start();
+    let payload = serde_json::json!({"mode": "permanent", "message": "e".repeat(100_000)});
+    let id = running.enqueue_one(job("fail", &payload.to_string())).await;
+    let rec = h
+        .wait_for_state(id, JobState::Discarded, Duration::from_secs(10))
+        .await;
+    running.stop().await;
+    let stored = rec.attempts[0].error.as_deref().unwrap();
+    assert!(
+        stored.len() <= jobbox::job::MAX_ERROR_TEXT + 64,
+        "{} bytes",
+        stored.len()
+    );
+    assert!(stored.ends_with("more bytes]"), "says it was cut");
+    assert!(rec.error.unwrap().len() <= jobbox::job::MAX_ERROR_TEXT + 64);
 }

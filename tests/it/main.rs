@@ -13,6 +13,7 @@ mod outbox;
 mod plugins;
 mod queue;
 mod retry;
+mod safeguards;
 mod schedules;
 mod server;
 mod support;

@@ -49,24 +49,47 @@ pub(crate) fn describe(e: &wasmtime::Error, stderr: &[u8]) -> String {
         out.push_str(&format!(" ({panic})"));
     }
     if let Some(bt) = e.downcast_ref::<WasmBacktrace>() {
-        let names: Vec<String> = bt
+        let all: Vec<String> = bt
             .frames()
             .iter()
-            .take(FRAMES)
             .map(|f| match f.func_name() {
                 Some(name) => short_name(name),
                 None => format!("func[{}]", f.func_index()),
             })
             .collect();
-        if !names.is_empty() {
+        // The plugin's own frames: a panic's innermost frames are the
+        // runtime's abort machinery, which says nothing.
+        let mut ours: Vec<&String> = all.iter().filter(|n| !is_runtime(n)).collect();
+        if ours.is_empty() {
+            ours = all.iter().collect();
+        }
+        if !ours.is_empty() {
             out.push_str(" at ");
-            out.push_str(&names.join(" <- "));
-            if bt.frames().len() > FRAMES {
+            let shown: Vec<&str> = ours.iter().take(FRAMES).map(|s| s.as_str()).collect();
+            out.push_str(&shown.join(" <- "));
+            if ours.len() > FRAMES {
                 out.push_str(" <- ...");
             }
         }
     }
     out
+}
+
+/// Frames of the Rust runtime and the bindings, not of the plugin.
+fn is_runtime(name: &str) -> bool {
+    const PREFIXES: [&str; 10] = [
+        "std::",
+        "core::",
+        "alloc::",
+        "panic_abort::",
+        "__rust",
+        "__rustc::",
+        "rust_panic",
+        "wit_bindgen",
+        "abort",
+        "<std::",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 /// The last Rust panic message in `stderr`, on one line.
@@ -98,16 +121,16 @@ fn panic_message(stderr: &[u8]) -> Option<String> {
     Some(out)
 }
 
-/// A demangled Rust path without its hash, and without the crate's
-/// generic noise: `ledger_credit::credit::h1234` → `ledger_credit::credit`.
+/// A function name as a Rust path without its hash:
+/// `_ZN13ledger_credit6credit17h0123456789abcdefE` → `ledger_credit::credit`.
+/// Names that are not Rust symbols are kept as they are.
 fn short_name(name: &str) -> String {
-    let name = match name.rsplit_once("::h") {
-        Some((path, hash)) if hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()) => {
-            path
-        }
-        _ => name,
+    let demangled = match rustc_demangle::try_demangle(name) {
+        // `{:#}` leaves the hash out.
+        Ok(d) => format!("{d:#}"),
+        Err(_) => name.to_owned(),
     };
-    first_line(name)
+    first_line(&demangled)
 }
 
 fn first_line(s: &str) -> String {
@@ -182,9 +205,18 @@ mod tests {
     }
 
     #[test]
-    fn names_lose_their_hash() {
-        assert_eq!(short_name("trap::run::h0123456789abcdef"), "trap::run");
+    fn names_are_demangled_without_their_hash() {
+        assert_eq!(
+            short_name("_ZN4trap7recurse17h8e555f52ec62c67eE"),
+            "trap::recurse"
+        );
+        assert_eq!(
+            short_name("_RNvNtCshXfaRvt2tfW_3std7process5abort"),
+            "std::process::abort"
+        );
         assert_eq!(short_name("<wasm function 3>"), "<wasm function 3>");
+        assert!(is_runtime("std::process::abort"));
+        assert!(!is_runtime("trap::recurse"));
     }
 
     #[test]

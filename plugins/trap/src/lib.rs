@@ -5,7 +5,9 @@
 //! - `{"trap": "panic", "message": "..."}` panics with the message (a Rust
 //!   panic prints it to stderr, then traps with `unreachable`).
 //! - `{"trap": "stack-overflow"}` recurses without end.
-//! - `{"trap": "divide-by-zero"}` divides an integer by zero.
+//! - `{"trap": "divide-by-zero"}` divides an integer by zero (Rust checks
+//!   the divisor first, so this is a panic with the message
+//!   "attempt to divide by zero").
 //! - `{"trap": "out-of-bounds"}` loads from past the end of linear memory.
 //!
 //! It proves that the host turns a guest trap into a failed attempt rather
@@ -62,12 +64,15 @@ fn unreachable_instruction() -> ! {
     std::process::abort();
 }
 
-/// Calls itself until the stack runs out.
+/// Calls itself until the call stack runs out (its frame lives in wasm
+/// locals, not in the shadow stack in linear memory, so it is the engine's
+/// stack that overflows).
 #[inline(never)]
 fn recurse(n: u64) -> u64 {
-    let mut frame = [n; 64];
-    frame[(n % 64) as usize] = core::hint::black_box(n);
-    recurse(core::hint::black_box(n + 1)) + frame[3]
+    if core::hint::black_box(n) == u64::MAX {
+        return 0;
+    }
+    recurse(core::hint::black_box(n + 1)).wrapping_add(n)
 }
 
 /// Loads from an address past the end of linear memory.

@@ -109,8 +109,7 @@ pub const ACTIVE_BREAKERS: &str = "
 pub const BREAKER_PROBE: &str = "
     UPDATE breakers
     SET state = 'half_open', probe_job = ?2, probe_epoch = ?3, updated_at = ?4
-    WHERE kind = ?1 AND state IN ('open', 'half_open')
-    RETURNING 1";
+    WHERE kind = ?1 AND state IN ('open', 'half_open')";
 
 pub const SELECT_TAT: &str = "SELECT tat FROM rate_limits WHERE kind = ?1";
 
@@ -207,10 +206,11 @@ pub const RESET_BREAKER: &str = "
         retry_at = NULL, probe_job = NULL, probe_epoch = NULL, updated_at = ?2
     WHERE kind = ?1";
 
+pub const IS_PAUSED: &str = "SELECT 1 FROM pauses WHERE scope = ?1 AND name = ?2";
+
 pub const INSERT_PAUSE: &str = "
     INSERT INTO pauses (scope, name, note, paused_at) VALUES (?1, ?2, ?3, ?4)
-    ON CONFLICT (scope, name) DO UPDATE SET note = excluded.note
-    RETURNING paused_at = ?4";
+    ON CONFLICT (scope, name) DO UPDATE SET note = excluded.note";
 
 pub const DELETE_PAUSE: &str = "DELETE FROM pauses WHERE scope = ?1 AND name = ?2";
 
@@ -344,12 +344,15 @@ pub const NEXT_TRIGGER: &str = "
     UPDATE schedules SET triggers = triggers + 1, updated_at = ?2
     WHERE id = ?1 RETURNING triggers";
 
+/// pause: the note is replaced, the time kept if it already was. Returns
+/// whether it already was. ?1 id, ?2 note, ?3 now.
 pub const PAUSE_SCHEDULE: &str = "
     UPDATE schedules
     SET paused = 1, pause_note = ?2, updated_at = ?3,
         paused_at = CASE WHEN paused = 1 THEN paused_at ELSE ?3 END
-    WHERE id = ?1
-    RETURNING paused_at = ?3";
+    WHERE id = ?1";
+
+pub const SCHEDULE_PAUSED: &str = "SELECT paused FROM schedules WHERE id = ?1";
 
 /// resume: the next fire is computed from now (fires while paused are not
 /// made). ?1 id, ?2 next fire, ?3 next run, ?4 now.

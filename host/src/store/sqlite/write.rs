@@ -966,10 +966,14 @@ pub(super) fn pause_schedule(
     note: &str,
     now: Timestamp,
 ) -> Result<bool> {
-    conn.prepare_cached(sql::PAUSE_SCHEDULE)?
-        .query_row(params![id, note, now.0], |r| r.get(0))
+    let was: bool = conn
+        .prepare_cached(sql::SCHEDULE_PAUSED)?
+        .query_row([id], |r| r.get(0))
         .optional()?
-        .ok_or_else(|| StoreError::ScheduleNotFound(id.to_owned()))
+        .ok_or_else(|| StoreError::ScheduleNotFound(id.to_owned()))?;
+    conn.prepare_cached(sql::PAUSE_SCHEDULE)?
+        .execute(params![id, note, now.0])?;
+    Ok(!was)
 }
 
 pub(super) fn resume_schedule(
@@ -1026,9 +1030,14 @@ pub(super) fn pause(
     note: &str,
     now: Timestamp,
 ) -> Result<bool> {
-    Ok(conn
-        .prepare_cached(sql::INSERT_PAUSE)?
-        .query_row(params![scope.as_str(), name, note, now.0], |r| r.get(0))?)
+    let was = conn
+        .prepare_cached(sql::IS_PAUSED)?
+        .query_row(params![scope.as_str(), name], |_| Ok(()))
+        .optional()?
+        .is_some();
+    conn.prepare_cached(sql::INSERT_PAUSE)?
+        .execute(params![scope.as_str(), name, note, now.0])?;
+    Ok(!was)
 }
 
 pub(super) fn resume(conn: &Connection, scope: PauseScope, name: &str) -> Result<bool> {

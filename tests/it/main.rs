@@ -12,6 +12,7 @@ mod limits;
 mod outbox;
 mod plugins;
 mod queue;
+mod retention;
 mod retry;
 mod safeguards;
 mod schedules;

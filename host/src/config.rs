@@ -751,6 +751,42 @@ mod tests {
     }
 
     #[test]
+    fn safeguard_and_retention_keys_are_checked() {
+        let err = |text: &str| format!("{:#}", Config::parse(text, Path::new(".")).unwrap_err());
+        assert!(err("[plugins.a]\nrate = \"fast\"\n").starts_with("plugins.a.rate: invalid rate"));
+        assert!(err("[plugins.a]\nburst = 3\n").starts_with("plugins.a.burst: needs a rate"));
+        assert!(err("[defaults]\nrate = \"1/s\"\n").contains("per plugin"));
+        assert!(
+            err("[plugins.a]\nbreaker_outcomes = [\"kv_conflict\"]\n")
+                .contains("says nothing about the plugin")
+        );
+        assert!(
+            err("[plugins.a]\nbreaker_failures = 0\nbreaker_window = \"1m\"\n")
+                .contains("no effect")
+        );
+        assert!(
+            err("[retention]\nkv_tombstones = \"1m\"\n")
+                .starts_with("retention.kv_tombstones: must be longer than the longest attempt")
+        );
+        assert!(err("[retention]\ncompleted = \"0s\"\n").contains("forever"));
+        assert!(err("[scheduler]\nrefesh = \"1s\"\n").contains("unknown field `refesh`"));
+        let c = Config::parse(
+            "[retention]\ncompleted = \"forever\"\n[plugins.a]\nrate = \"10/min\"\nburst = 4\nbreaker_failures = 0\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(c.retention.completed, None);
+        let a = c.plugin("a");
+        assert_eq!(a.breaker, None);
+        let rate = a.rate.unwrap();
+        assert_eq!(
+            (rate.count, rate.period, rate.burst),
+            (10, Duration::from_secs(60), 4)
+        );
+        assert!(c.plugin("b").breaker.is_some(), "on by default");
+    }
+
+    #[test]
     fn plugin_tables_overlay_the_defaults() {
         let config = Config::parse(
             "[defaults]\ntimeout = \"5s\"\nmax_attempts = 3\n[plugins.a]\nmemory = \"8MiB\"\n",

@@ -475,3 +475,146 @@ fn plugins_run_tests_a_plugin_in_isolation() {
     );
     assert_eq!(r["kv_writes"], serde_json::json!({}));
 }
+
+#[test]
+fn safeguards_through_the_cli() {
+    let env = Env::new(
+        &["echo", "trap"],
+        "[plugins.echo]\nrate = \"10/s\"\nburst = 5\n[plugins.trap]\nbreaker_failures = 2\nmax_attempts = 1\n",
+    );
+    // Pause and resume a kind and a queue, with notes.
+    assert!(
+        env.ok(&["plugins", "pause", "echo", "--note", "vendor outage"])
+            .contains("paused")
+    );
+    assert!(
+        env.ok(&["plugins", "pause", "echo", "--note", "still out"])
+            .contains("already paused")
+    );
+    let list = env.ok(&["plugins", "list"]);
+    assert!(
+        list.contains("PAUSED") && list.contains("still out"),
+        "{list}"
+    );
+    assert!(list.contains("rate: 10/1s (burst 5)"), "{list}");
+    let json: Value = serde_json::from_str(&env.ok(&["plugins", "list", "--json"])).unwrap();
+    let echo = json["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["kind"] == "echo")
+        .unwrap();
+    assert_eq!(echo["paused"]["note"], "still out");
+    assert!(env.ok(&["plugins", "resume", "echo"]).contains("resumed"));
+    assert!(
+        env.ok(&["plugins", "resume", "echo"])
+            .contains("was not paused")
+    );
+
+    env.ok(&["queues", "pause", "reports", "--note", "migration"]);
+    let id = env.ok(&[
+        "enqueue",
+        "echo",
+        "--payload",
+        "{}",
+        "--queue",
+        "reports",
+        "--concurrency-key",
+        "account-7",
+        "--json",
+    ]);
+    let id = serde_json::from_str::<Value>(&id).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let queues: Value = serde_json::from_str(&env.ok(&["queues", "list", "--json"])).unwrap();
+    assert_eq!(queues[0]["queue"], "reports");
+    assert_eq!(queues[0]["counts"]["available"], 1);
+    assert_eq!(queues[0]["paused"]["note"], "migration");
+    assert!(env.ok(&["queues", "list"]).contains("PAUSED"));
+    let job = env.show(id);
+    assert_eq!(job["concurrency_key"], "account-7");
+    assert_eq!(job["concurrency_limit"], 1);
+    let shown = env.ok(&["jobs", "show", &id.to_string()]);
+    assert!(
+        shown.contains("concurrency key: account-7 (at most 1 running)"),
+        "{shown}"
+    );
+    let listed: Value = serde_json::from_str(&env.ok(&[
+        "jobs",
+        "list",
+        "--concurrency-key",
+        "account-7",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+
+    // The paused queue's job waits while the host runs; the trap plugin
+    // opens its breaker after two failures.
+    let t1 = env.enqueue("trap", "{}");
+    let t2 = env.enqueue("trap", "{}");
+    let host = env.spawn_host();
+    wait(
+        Duration::from_secs(20),
+        "both traps to be discarded",
+        || env.show(t1)["state"] == "discarded" && env.show(t2)["state"] == "discarded",
+    );
+    wait(
+        Duration::from_secs(5),
+        "the breaker to show as open",
+        || env.ok(&["plugins", "list"]).contains("breaker: open until"),
+    );
+    assert_eq!(env.show(id)["state"], "available");
+    env.ok(&["queues", "resume", "reports"]);
+    wait(
+        Duration::from_secs(10),
+        "the queue's job to complete",
+        || env.show(id)["state"] == "completed",
+    );
+    let reset = env.ok(&["plugins", "breaker", "reset", "trap"]);
+    assert!(reset.contains("was open"), "{reset}");
+    assert!(env.ok(&["plugins", "list"]).contains("breaker: closed"));
+    signal(&host, "-TERM");
+    let (status, log) = stderr_of(host);
+    assert!(status.success());
+    assert!(log.contains("circuit breaker opened"), "{log}");
+
+    // Bad input: one line, non-zero exit, nothing written.
+    let e = env.fails(&["queues", "pause", "bad queue!", "--note", "x"]);
+    assert!(e.contains("invalid queue"), "{e}");
+    let e = env.fails(&[
+        "enqueue",
+        "echo",
+        "--payload",
+        "{}",
+        "--concurrency-limit",
+        "2",
+    ]);
+    assert!(
+        e.contains("--concurrency-limit: needs a concurrency key"),
+        "{e}"
+    );
+    let e = env.fails(&[
+        "enqueue",
+        "echo",
+        "--payload",
+        "{}",
+        "--concurrency-key",
+        "k",
+        "--concurrency-limit",
+        "0",
+    ]);
+    assert!(e.contains("--concurrency-limit"), "{e}");
+    let e = env.fails(&[
+        "enqueue",
+        "echo",
+        "--payload",
+        "{}",
+        "--idempotency-key",
+        "schedule:x:1",
+    ]);
+    assert!(
+        e.contains("--idempotency-key") && e.contains("reserved"),
+        "{e}"
+    );
+}

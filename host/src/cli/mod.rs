@@ -102,7 +102,7 @@ pub struct EnqueueArgs {
     #[arg(long, value_name = "KEY")]
     pub concurrency_key: Option<String>,
     /// How many jobs with the key may run at once (default 1).
-    #[arg(long, value_name = "N", requires = "concurrency_key")]
+    #[arg(long, value_name = "N")]
     pub concurrency_limit: Option<u32>,
     /// Print `{"id": ..., "created": ...}`.
     #[arg(long)]

@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// Rate-limit the plugin, e.g. "1000000/s" (with a burst of the same).
     #[arg(long, value_name = "RATE", conflicts_with_all = ["latency", "runaway", "contention"])]
     pub rate: Option<String>,
+    /// Measure how soon after their fire time the jobs of an `every 1s`
+    /// schedule start on an idle host, over this many fires (seconds).
+    #[arg(long, value_name = "FIRES", conflicts_with_all = ["latency", "runaway", "contention", "keys", "rate"])]
+    pub schedule: Option<u32>,
     /// Run kv-counter jobs over K kv keys, without and with a concurrency
     /// key (-n defaults to 3000 here).
     #[arg(long, value_name = "K", conflicts_with_all = ["latency", "runaway"])]
@@ -167,6 +171,21 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         p.concurrency = p.concurrency.min(args.concurrency);
     }
     let payload = r#"{"hello":"world"}"#;
+
+    if let Some(fires) = args.schedule {
+        config.store.path = tmp.path().join("schedule.db");
+        let report = schedule_latency(&config, &args, fires).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            let p = &report.fire_to_start_ms;
+            println!(
+                "schedule ({} fires of an every-1s schedule, {}): fire time → job start p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+                report.fires, report.plugin, p.p50, p.p90, p.p99, p.max
+            );
+        }
+        return Ok(());
+    }
 
     if let Some(keys) = args.contention {
         let report = contention(&config, &args, keys, tmp.path()).await?;
@@ -439,6 +458,78 @@ async fn fill_with(
         i += k;
     }
     Ok(started.elapsed().as_secs_f64())
+}
+
+#[derive(Debug, Serialize)]
+struct ScheduleReport {
+    fires: u32,
+    plugin: String,
+    /// From a fire's nominal time to its job's claim (millisecond
+    /// timestamps).
+    fire_to_start_ms: Percentiles,
+}
+
+/// Runs an idle host with one `every 1s` schedule for `fires` fires.
+async fn schedule_latency(
+    config: &Config,
+    args: &BenchArgs,
+    fires: u32,
+) -> anyhow::Result<ScheduleReport> {
+    if fires == 0 {
+        bail!("--schedule must be at least 1");
+    }
+    let store = Arc::new(SqliteStore::open(&config.store)?);
+    let text = format!(
+        "[[schedules]]\nid = \"bench\"\nevery = \"1s\"\nkind = {:?}\npayload = {{ hello = \"world\" }}\n",
+        args.plugin
+    );
+    let defs = crate::schedule::parse_file(std::path::Path::new("bench.toml"), &text)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::admin::apply_schedules(store.as_ref(), config, &defs, false, SystemClock.now()).await?;
+    let host = Arc::new(Host::new(
+        config.clone(),
+        Arc::clone(&store) as Arc<dyn Store>,
+        Arc::new(SystemClock),
+    )?);
+    let runner = host.spawn();
+    let filter = crate::job::JobFilter {
+        limit: Some(fires + 10),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(u64::from(fires) + 10);
+    let jobs = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let jobs: Vec<_> = store
+            .list_jobs(filter.clone())
+            .await?
+            .into_iter()
+            .filter(|j| j.attempted_at.is_some())
+            .collect();
+        if jobs.len() >= fires as usize {
+            break jobs;
+        }
+        if Instant::now() > deadline || runner.is_finished() {
+            bail!("only {} of {fires} fires started", jobs.len());
+        }
+    };
+    runner.stop().await?;
+    drop(host);
+    store.close().await?;
+    let mut late = Vec::new();
+    for j in jobs.iter().take(fires as usize) {
+        let nominal = j
+            .idempotency_key
+            .strip_prefix("schedule:bench:")
+            .and_then(|t| crate::time::Timestamp::parse_rfc3339(t).ok())
+            .context("a schedule job's key names its fire time")?;
+        let started = j.attempted_at.expect("filtered above");
+        late.push(started.since(nominal));
+    }
+    Ok(ScheduleReport {
+        fires,
+        plugin: args.plugin.clone(),
+        fire_to_start_ms: Percentiles::of(late),
+    })
 }
 
 #[derive(Debug, Serialize)]

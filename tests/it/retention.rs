@@ -7,7 +7,7 @@ use std::time::Duration;
 use jobbox::job::{Finish, JobState, NewEvent, NewJob};
 use jobbox::outbox::Delivery;
 use jobbox::store::{ClaimRequest, Store};
-use jobbox::time::{Clock, ManualClock, Timestamp};
+use jobbox::time::{ManualClock, Timestamp};
 
 use crate::support::{Harness, Running, job};
 

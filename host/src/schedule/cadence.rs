@@ -28,7 +28,8 @@ use crate::time::{Timestamp, duration_ms};
 #[derive(Clone, Debug)]
 pub enum Cadence {
     Cron {
-        pattern: Cron,
+        /// Boxed: a parsed pattern is large, an interval two integers.
+        pattern: Box<Cron>,
         zone: TimeZone,
         /// The zone's IANA name, as given.
         zone_name: String,
@@ -67,7 +68,7 @@ impl Cadence {
         let zone = TimeZone::get(zone_name)
             .map_err(|_| ("timezone", format!("unknown time zone {zone_name:?} (expected an IANA name such as \"Europe/Berlin\")")))?;
         let cadence = Cadence::Cron {
-            pattern,
+            pattern: Box::new(pattern),
             zone,
             zone_name: zone_name.to_owned(),
         };

@@ -24,9 +24,16 @@ impl Timestamp {
         Duration::from_millis(self.0.saturating_sub(earlier.0).max(0) as u64)
     }
 
-    /// Parses an RFC 3339 timestamp such as `2026-11-22T10:00:00Z`.
+    /// Parses an RFC 3339 timestamp such as `2026-11-22T10:00:00Z` or
+    /// `2026-11-22T11:00:00+01:00` (a time without an offset is UTC).
     pub fn parse_rfc3339(s: &str) -> Result<Timestamp, String> {
-        let t = humantime::parse_rfc3339_weak(s)
+        if let Ok(t) = s.trim().parse::<jiff::Timestamp>() {
+            if t.as_millisecond() < 0 {
+                return Err(format!("timestamp {s:?} is before 1970"));
+            }
+            return Ok(Timestamp(t.as_millisecond()));
+        }
+        let t = humantime::parse_rfc3339_weak(s.trim())
             .map_err(|e| format!("invalid RFC 3339 timestamp {s:?}: {e}"))?;
         let ms = t
             .duration_since(UNIX_EPOCH)

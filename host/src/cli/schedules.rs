@@ -203,8 +203,10 @@ async fn run(
                     rfc3339(b)
                 );
             }
-            if upcoming.is_empty() {
+            if rec.next_fire_at.is_none() {
                 println!("  next fires: none (past end_at)");
+            } else if upcoming.is_empty() {
+                println!("  next fire:  {}", next_text(&rec));
             } else {
                 println!("  next fires:");
                 for t in upcoming {

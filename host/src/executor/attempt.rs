@@ -150,17 +150,29 @@ impl Host {
                 _ => None,
             },
         });
-        let breaker = settings.breaker.as_ref().and_then(|policy| {
-            let failed = policy.judge(outcome)?;
-            Some(BreakerCount {
+        let breaker = match &settings.breaker {
+            Some(policy) => policy.judge(outcome).map(|failed| BreakerCount {
                 kind: job.kind.clone(),
                 failed,
                 threshold: policy.failures,
                 window: policy.window,
                 cooldown: policy.cooldown,
                 error: error.clone(),
-            })
-        });
+            }),
+            // Off: only successes count, so that a breaker left open or
+            // half-open from when it was on still closes with its probe.
+            None => (outcome == AttemptOutcome::Completed).then(|| {
+                let policy = crate::policy::BreakerPolicy::default();
+                BreakerCount {
+                    kind: job.kind.clone(),
+                    failed: false,
+                    threshold: policy.failures,
+                    window: policy.window,
+                    cooldown: policy.cooldown,
+                    error: None,
+                }
+            }),
+        };
         let finish = Finish {
             fence: job.fence(),
             attempt: AttemptRecord {

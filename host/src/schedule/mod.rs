@@ -590,6 +590,26 @@ pub fn plan(def: &ScheduleDef, due: Timestamp, now: Timestamp) -> FirePlan {
         }
         t = n;
     }
+    if at_least {
+        // Too many to walk one by one: start again a few fires' worth
+        // before `now` (the walk so far gives the spacing), so that the
+        // fires kept are the latest ones.
+        let spacing = ((t.0 - due.0) / (total as i64 - 1).max(1)).max(1);
+        let back = spacing.saturating_mul(keep as i64 + 2).saturating_mul(4);
+        let mut u = Timestamp(now.0.saturating_sub(back).max(t.0));
+        let mut latest = std::collections::VecDeque::with_capacity(keep.min(1024));
+        while let Some(n) = def.next_after(u).filter(|n| *n <= now) {
+            latest.push_back(n);
+            if latest.len() > keep {
+                latest.pop_front();
+            }
+            u = n;
+        }
+        if let Some(last) = latest.back() {
+            t = *last;
+            kept = latest;
+        }
+    }
     let on_time = total == 1 && now.since(def.run_at(due)) <= def.misfire_grace;
     let (fires, missed, next_from) = if on_time {
         (
@@ -898,6 +918,26 @@ mod tests {
             ts("2026-11-25T04:00:00Z"),
         );
         assert!(late.late && late.fires.is_empty() && late.missed == 1);
+    }
+
+    #[test]
+    fn a_very_long_downtime_still_fires_the_latest_times() {
+        let d = def("id = 's'\nevery = '1s'\nmisfire = 'all'\nmax_catch_up = 3\nkind = 'echo'");
+        let due = ts("2026-11-20T00:00:00Z");
+        let now = ts("2026-11-25T00:00:00.500Z");
+        let p = plan(&d, due, now);
+        let nominal: Vec<_> = p.fires.iter().map(|f| f.nominal).collect();
+        assert_eq!(
+            nominal,
+            [
+                "2026-11-24T23:59:58Z",
+                "2026-11-24T23:59:59Z",
+                "2026-11-25T00:00:00Z"
+            ]
+            .map(ts)
+        );
+        assert!(p.missed_at_least && p.missed >= 100_000 - 3);
+        assert_eq!(p.next_fire_at, Some(ts("2026-11-25T00:00:01Z")));
     }
 
     #[test]

@@ -199,7 +199,7 @@ pub const UPSERT_BREAKER: &str = "
         trips = excluded.trips, last_error = excluded.last_error,
         updated_at = excluded.updated_at";
 
-/// jobs breaker reset: any → closed, streak cleared. ?1 kind, ?2 now.
+/// plugins breaker reset: any → closed, streak cleared. ?1 kind, ?2 now.
 pub const RESET_BREAKER: &str = "
     UPDATE breakers
     SET state = 'closed', failures = 0, streak_started_at = NULL,
@@ -396,7 +396,8 @@ pub const DELETE_JOBS: &str = "
       AND state IN ('completed', 'discarded', 'cancelled')";
 
 /// kv tombstones older than ?1 (see `docs/state-machine.md` on why they are
-/// kept that long). ?2 limit.
+/// kept that long; this is the only statement that removes kv rows). ?2
+/// limit.
 pub const DELETE_TOMBSTONES: &str = "
     DELETE FROM kv WHERE (namespace, key) IN (
         SELECT namespace, key FROM kv WHERE value IS NULL AND updated_at < ?1

@@ -268,16 +268,22 @@ impl InvalidField {
 
 /// Queue names: 1 to 64 letters, digits, `-`, `_` or `.`.
 pub fn validate_queue(queue: &str) -> Result<(), String> {
-    let ok = !queue.is_empty()
-        && queue.len() <= 64
-        && queue
+    validate_name("queue", queue, 64)
+}
+
+/// Checks the name of a `what` (a queue, a schedule): 1 to `max` letters,
+/// digits, `-`, `_` or `.`.
+pub fn validate_name(what: &str, name: &str, max: usize) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= max
+        && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "invalid queue {queue:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
+            "invalid {what} {name:?}: use 1 to {max} letters, digits, '-', '_' or '.'"
         ))
     }
 }

@@ -75,6 +75,14 @@ impl Env {
         lines[0].to_owned()
     }
 
+    /// `jobbox enqueue echo --payload {} <args>`, which must fail; returns
+    /// its one-line error.
+    pub fn enqueue_fails(&self, args: &[&str]) -> String {
+        let mut all = vec!["enqueue", "echo", "--payload", "{}"];
+        all.extend_from_slice(args);
+        self.fails(&all)
+    }
+
     pub fn enqueue(&self, kind: &str, payload: &str) -> i64 {
         let out = self.ok(&["enqueue", kind, "--payload", payload, "--json"]);
         serde_json::from_str::<Value>(&out).unwrap()["id"]

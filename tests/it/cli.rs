@@ -72,25 +72,11 @@ fn bad_input_gets_one_line_errors_and_writes_nothing() {
         e.contains("--delay") && e.contains("invalid duration"),
         "{e}"
     );
-    let e = env.fails(&[
-        "enqueue",
-        "echo",
-        "--payload",
-        "{}",
-        "--run-at",
-        "yesterday",
-    ]);
+    let e = env.enqueue_fails(&["--run-at", "yesterday"]);
     assert!(e.contains("--run-at"), "{e}");
     let e = env.fails(&["enqueue", "bad kind!", "--payload", "{}"]);
     assert!(e.contains("invalid kind"), "{e}");
-    let e = env.fails(&[
-        "enqueue",
-        "echo",
-        "--payload",
-        "{}",
-        "--idempotency-key",
-        "jobbox-job-7",
-    ]);
+    let e = env.enqueue_fails(&["--idempotency-key", "jobbox-job-7"]);
     assert!(e.contains("reserved"), "{e}");
     let e = env.fails(&["jobs", "show", "4242"]);
     assert!(e.contains("job 4242 not found"), "{e}");
@@ -381,14 +367,7 @@ fn outbox_commands_and_callback_validation() {
     assert!(e.contains("outbox event 99 not found"), "{e}");
     let e = env.fails(&["outbox", "list", "--state", "lost"]);
     assert!(e.contains("lost"), "{e}");
-    let e = env.fails(&[
-        "enqueue",
-        "echo",
-        "--payload",
-        "{}",
-        "--callback",
-        "ftp://example.com/x",
-    ]);
+    let e = env.enqueue_fails(&["--callback", "ftp://example.com/x"]);
     assert!(
         e.contains("--callback") && e.contains("not http or https"),
         "{e}"
@@ -582,37 +561,14 @@ fn safeguards_through_the_cli() {
     // Bad input: one line, non-zero exit, nothing written.
     let e = env.fails(&["queues", "pause", "bad queue!", "--note", "x"]);
     assert!(e.contains("invalid queue"), "{e}");
-    let e = env.fails(&[
-        "enqueue",
-        "echo",
-        "--payload",
-        "{}",
-        "--concurrency-limit",
-        "2",
-    ]);
+    let e = env.enqueue_fails(&["--concurrency-limit", "2"]);
     assert!(
         e.contains("--concurrency-limit: needs a concurrency key"),
         "{e}"
     );
-    let e = env.fails(&[
-        "enqueue",
-        "echo",
-        "--payload",
-        "{}",
-        "--concurrency-key",
-        "k",
-        "--concurrency-limit",
-        "0",
-    ]);
+    let e = env.enqueue_fails(&["--concurrency-key", "k", "--concurrency-limit", "0"]);
     assert!(e.contains("--concurrency-limit"), "{e}");
-    let e = env.fails(&[
-        "enqueue",
-        "echo",
-        "--payload",
-        "{}",
-        "--idempotency-key",
-        "schedule:x:1",
-    ]);
+    let e = env.enqueue_fails(&["--idempotency-key", "schedule:x:1"]);
     assert!(
         e.contains("--idempotency-key") && e.contains("reserved"),
         "{e}"

@@ -6,21 +6,10 @@ use std::time::Duration;
 
 use jobbox::job::{AttemptOutcome, ClaimedJob, Fenced, Finish, JobState, NewJob, Transition};
 use jobbox::store::sqlite::{SqliteOptions, SqliteStore};
-use jobbox::store::{ClaimRequest, Store, StoreError};
+use jobbox::store::{Store, StoreError};
 use jobbox::time::{Clock, ManualClock, Timestamp};
 
-use crate::support::{Harness, job};
-
-fn claim_req(now: Timestamp, limit: u32, worker: &str) -> ClaimRequest {
-    ClaimRequest {
-        now,
-        limit,
-        exclude_kinds: Vec::new(),
-        lease: Duration::from_secs(30),
-        worker: worker.into(),
-        rates: Vec::new(),
-    }
-}
+use crate::support::{Harness, claim_req, job};
 
 fn complete(job: &ClaimedJob, output: &str, now: Timestamp) -> Finish {
     Finish::completed(job, output.into(), now)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use jobbox::job::{Finish, JobState, NewEvent, NewJob};
 use jobbox::outbox::Delivery;
-use jobbox::store::{ClaimRequest, Store};
+use jobbox::store::Store;
 use jobbox::time::{ManualClock, Timestamp};
 
 use crate::support::{Harness, Running, job};
@@ -92,14 +92,7 @@ async fn the_cleaner_compacts_kv_tombstones_and_delivered_events() {
     let store = h.store();
     store.enqueue(vec![job("k", "{}")], t0).await.unwrap();
     let claimed = store
-        .claim(ClaimRequest {
-            now: t0,
-            limit: 1,
-            exclude_kinds: Vec::new(),
-            lease: Duration::from_secs(30),
-            worker: "t".into(),
-            rates: Vec::new(),
-        })
+        .claim(crate::support::claim_req(t0, 1, "t"))
         .await
         .unwrap()
         .jobs

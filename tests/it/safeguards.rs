@@ -17,14 +17,7 @@ use jobbox::time::{Clock, ManualClock, Timestamp};
 use crate::support::{Harness, Running, job, wait_until};
 
 fn req(now: Timestamp, limit: u32) -> ClaimRequest {
-    ClaimRequest {
-        now,
-        limit,
-        exclude_kinds: Vec::new(),
-        lease: Duration::from_secs(30),
-        worker: "t".into(),
-        rates: Vec::new(),
-    }
+    crate::support::claim_req(now, limit, "t")
 }
 
 async fn claim(store: &dyn Store, now: Timestamp, limit: u32) -> Claimed {

@@ -10,8 +10,8 @@ use jobbox::admin;
 use jobbox::executor::Host;
 use jobbox::job::{Finish, JobFilter, JobRecord, JobState};
 use jobbox::schedule::{ScheduleRecord, parse_file};
+use jobbox::store::Store;
 use jobbox::store::sqlite::SqliteStore;
-use jobbox::store::{ClaimRequest, Store};
 use jobbox::time::{Clock, ManualClock, Timestamp};
 use serde_json::Value;
 
@@ -293,14 +293,7 @@ async fn overlap_skip_and_buffer_one_wait_for_the_previous_job() {
     let first = jobs_of(store, "buffer").await.remove(0);
     let now = clock.now();
     let claimed = store
-        .claim(ClaimRequest {
-            now,
-            limit: 100,
-            exclude_kinds: Vec::new(),
-            lease: Duration::from_secs(30),
-            worker: "t".into(),
-            rates: Vec::new(),
-        })
+        .claim(crate::support::claim_req(now, 100, "t"))
         .await
         .unwrap()
         .jobs;

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use jobbox::config::Config;
 use jobbox::executor::{Host, HostTask};
 use jobbox::job::{JobId, JobRecord, JobState, NewJob};
-use jobbox::store::Store;
 use jobbox::store::sqlite::SqliteStore;
-use jobbox::time::{Clock, SystemClock};
+use jobbox::store::{ClaimRequest, Store};
+use jobbox::time::{Clock, SystemClock, Timestamp};
 use tempfile::TempDir;
 
 /// A temporary database and plugins directory with a validated config.
@@ -147,4 +147,17 @@ where
 
 pub fn job(kind: &str, payload: &str) -> NewJob {
     NewJob::new(kind, payload).unwrap()
+}
+
+/// A claim of up to `limit` jobs at `now` by `worker`, with a 30 s lease and
+/// no rate limits.
+pub fn claim_req(now: Timestamp, limit: u32, worker: &str) -> ClaimRequest {
+    ClaimRequest {
+        now,
+        limit,
+        exclude_kinds: Vec::new(),
+        lease: Duration::from_secs(30),
+        worker: worker.into(),
+        rates: Vec::new(),
+    }
 }

@@ -220,18 +220,7 @@ pub struct ScheduleError {
 
 /// Checks a schedule id: 1 to 128 letters, digits, `-`, `_` or `.`.
 pub fn validate_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid schedule id {id:?}: use 1 to 128 letters, digits, '-', '_' or '.'"
-        ))
-    }
+    crate::job::validate_name("schedule id", id, 128)
 }
 
 impl RawSchedule {

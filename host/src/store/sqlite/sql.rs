@@ -28,27 +28,38 @@ pub const GUARDS_IN_USE: &str = "
                    WHERE concurrency_key IS NOT NULL
                      AND state IN ('available', 'retryable'))";
 
+/// The claim shared by `CLAIM` and `CLAIM_IDS`: the jobs chosen by the
+/// `WHERE` → running, fenced on their state; `attempt` and `epoch` rise by
+/// one and the lease is set. ?1 now, ?2 lease expiry, ?3 worker.
+macro_rules! claim {
+    ($chosen:literal) => {
+        concat!(
+            "UPDATE jobs
+             SET state = 'running',
+                 attempt = attempt + 1,
+                 epoch = epoch + 1,
+                 attempted_at = ?1,
+                 lease_expires_at = ?2,
+                 leased_by = ?3
+             WHERE state IN ('available', 'retryable') AND id IN (",
+            $chosen,
+            ")
+             RETURNING id, kind, queue, payload, idempotency_key, priority,
+                       attempt, max_attempts, epoch, run_at"
+        )
+    };
+}
+
 /// claim: available/retryable → running, in (priority, run_at, id) order.
-/// ?1 now, ?2 lease expiry, ?3 worker, ?4 JSON array of excluded kinds,
-/// ?5 limit.
-pub const CLAIM: &str = "
-    UPDATE jobs
-    SET state = 'running',
-        attempt = attempt + 1,
-        epoch = epoch + 1,
-        attempted_at = ?1,
-        lease_expires_at = ?2,
-        leased_by = ?3
-    WHERE state IN ('available', 'retryable')
-      AND id IN (
-        SELECT id FROM jobs
-        WHERE state IN ('available', 'retryable')
-          AND run_at <= ?1
-          AND kind NOT IN (SELECT value FROM json_each(?4))
-        ORDER BY priority, run_at, id
-        LIMIT ?5)
-    RETURNING id, kind, queue, payload, idempotency_key, priority, attempt,
-              max_attempts, epoch, run_at";
+/// ?4 JSON array of excluded kinds, ?5 limit.
+pub const CLAIM: &str = claim!(
+    "SELECT id FROM jobs
+     WHERE state IN ('available', 'retryable')
+       AND run_at <= ?1
+       AND kind NOT IN (SELECT value FROM json_each(?4))
+     ORDER BY priority, run_at, id
+     LIMIT ?5"
+);
 
 /// The guarded claim's candidates, in claim order: due, not of an excluded
 /// kind (?2, JSON array: full, paused, open breaker, no rate left), not on a
@@ -66,19 +77,8 @@ pub const CLAIM_CANDIDATES: &str = "
     ORDER BY priority, run_at, id";
 
 /// The guarded claim itself: the admitted candidates (?4, JSON array of
-/// ids) → running, fenced on their state.
-pub const CLAIM_IDS: &str = "
-    UPDATE jobs
-    SET state = 'running',
-        attempt = attempt + 1,
-        epoch = epoch + 1,
-        attempted_at = ?1,
-        lease_expires_at = ?2,
-        leased_by = ?3
-    WHERE id IN (SELECT value FROM json_each(?4))
-      AND state IN ('available', 'retryable')
-    RETURNING id, kind, queue, payload, idempotency_key, priority, attempt,
-              max_attempts, epoch, run_at";
+/// ids) → running.
+pub const CLAIM_IDS: &str = claim!("SELECT value FROM json_each(?4)");
 
 /// Running jobs per concurrency key.
 pub const RUNNING_PER_KEY: &str = "
@@ -268,26 +268,23 @@ pub const SCHEDULES_FROM: &str = "FROM schedules s LEFT JOIN jobs j ON j.id = s.
 pub const SELECT_SCHEDULE_SPEC: &str = "
     SELECT spec, cadence FROM schedules WHERE id = ?1";
 
-/// apply, new schedule. ?1 id, ?2 spec, ?3 cadence, ?4 next fire, ?5 next
-/// run, ?6 now.
-pub const INSERT_SCHEDULE: &str = "
+/// apply, a new schedule or a new cadence: the definition and the next fire
+/// computed from now, dropping a buffered fire of the old cadence.
+/// ?1 id, ?2 spec, ?3 cadence, ?4 next fire, ?5 next run, ?6 now.
+pub const UPSERT_SCHEDULE: &str = "
     INSERT INTO schedules (id, spec, cadence, next_fire_at, next_run_at,
                            created_at, updated_at)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)";
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+    ON CONFLICT (id) DO UPDATE SET
+        spec = excluded.spec, cadence = excluded.cadence,
+        next_fire_at = excluded.next_fire_at,
+        next_run_at = excluded.next_run_at, buffered_at = NULL,
+        version = version + 1, updated_at = excluded.updated_at";
 
 /// apply, same cadence: the template changes, the next fire stays.
 /// ?1 id, ?2 spec, ?3 now.
 pub const UPDATE_SCHEDULE_SPEC: &str = "
     UPDATE schedules SET spec = ?2, version = version + 1, updated_at = ?3
-    WHERE id = ?1";
-
-/// apply, new cadence: the next fire is computed afresh and a buffered fire
-/// of the old cadence is dropped. ?1 id, ?2 spec, ?3 cadence, ?4 next fire,
-/// ?5 next run, ?6 now.
-pub const UPDATE_SCHEDULE_CADENCE: &str = "
-    UPDATE schedules
-    SET spec = ?2, cadence = ?3, next_fire_at = ?4, next_run_at = ?5,
-        buffered_at = NULL, version = version + 1, updated_at = ?6
     WHERE id = ?1";
 
 pub const DELETE_SCHEDULE: &str = "DELETE FROM schedules WHERE id = ?1";

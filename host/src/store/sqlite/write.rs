@@ -775,36 +775,31 @@ pub(super) fn apply_schedules(
             .prepare_cached(sql::SELECT_SCHEDULE_SPEC)?
             .query_row([&u.id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        match existing {
-            None => {
-                conn.prepare_cached(sql::INSERT_SCHEDULE)?.execute(params![
-                    u.id,
-                    u.spec,
-                    u.cadence,
-                    u.next_fire_at.map(|t| t.0),
-                    u.next_run_at.map(|t| t.0),
-                    now.0
-                ])?;
-                report.created.push(u.id.clone());
+        let outcome = match existing {
+            Some((spec, _)) if spec == u.spec => {
+                report.unchanged.push(u.id.clone());
+                continue;
             }
-            Some((spec, _)) if spec == u.spec => report.unchanged.push(u.id.clone()),
             Some((_, cadence)) if cadence == u.cadence => {
                 conn.prepare_cached(sql::UPDATE_SCHEDULE_SPEC)?
                     .execute(params![u.id, u.spec, now.0])?;
                 report.updated.push((u.id.clone(), false));
+                continue;
             }
-            Some(_) => {
-                conn.prepare_cached(sql::UPDATE_SCHEDULE_CADENCE)?
-                    .execute(params![
-                        u.id,
-                        u.spec,
-                        u.cadence,
-                        u.next_fire_at.map(|t| t.0),
-                        u.next_run_at.map(|t| t.0),
-                        now.0
-                    ])?;
-                report.updated.push((u.id.clone(), true));
-            }
+            Some(_) => Some(true),
+            None => None,
+        };
+        conn.prepare_cached(sql::UPSERT_SCHEDULE)?.execute(params![
+            u.id,
+            u.spec,
+            u.cadence,
+            u.next_fire_at.map(|t| t.0),
+            u.next_run_at.map(|t| t.0),
+            now.0
+        ])?;
+        match outcome {
+            Some(cadence) => report.updated.push((u.id.clone(), cadence)),
+            None => report.created.push(u.id.clone()),
         }
     }
     if prune {

@@ -485,13 +485,15 @@ async fn schedule_latency(
     );
     let defs = crate::schedule::parse_file(std::path::Path::new("bench.toml"), &text)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::admin::apply_schedules(store.as_ref(), config, &defs, false, SystemClock.now()).await?;
     let host = Arc::new(Host::new(
         config.clone(),
         Arc::clone(&store) as Arc<dyn Store>,
         Arc::new(SystemClock),
     )?);
     let runner = host.spawn();
+    // Applied once the host runs, so that no fire falls in its start-up.
+    crate::admin::apply_schedules(store.as_ref(), config, &defs, false, SystemClock.now()).await?;
+    host.wake_scheduler();
     let filter = crate::job::JobFilter {
         limit: Some(fires + 10),
         ..Default::default()

@@ -390,6 +390,9 @@ async fn the_scheduler_wakes_at_the_fire_time_not_on_a_poll() {
     // A refresh far longer than the cadence: a scheduler that polled would
     // be seconds late.
     let h = Harness::new(&["echo"], "[scheduler]\nrefresh = \"30s\"\n");
+    let running = h.start();
+    // Applied once the host runs (no fire falls in its start-up), through
+    // this process, which wakes its scheduler.
     apply(
         &h,
         "[[schedules]]\nid = 'beat'\nevery = '1s'\nkind = 'echo'\n",
@@ -397,7 +400,7 @@ async fn the_scheduler_wakes_at_the_fire_time_not_on_a_poll() {
         jobbox::time::SystemClock.now(),
     )
     .await;
-    let running = h.start();
+    running.host.wake_scheduler();
     let store = h.store();
     let done = wait_until(Duration::from_secs(20), "three fires to complete", || {
         let store = Arc::clone(&store);
@@ -416,8 +419,11 @@ async fn the_scheduler_wakes_at_the_fire_time_not_on_a_poll() {
         let nominal = ts(job.idempotency_key.trim_start_matches("schedule:beat:"));
         let started = job.attempted_at.unwrap();
         let late = started.0 - nominal.0;
+        // On an idle host this is a few milliseconds (`jobbox bench
+        // --schedule`); the bound only has to tell a wake at the fire time
+        // from a 30 s poll, on a busy test machine.
         assert!(
-            (0..500).contains(&late),
+            (0..900).contains(&late),
             "job of {nominal} started {late} ms after its fire time"
         );
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+use crate::api::ApiConfig;
 use crate::job::AttemptOutcome;
 use crate::outbox::OutboxConfig;
 use crate::plugins::PluginSettings;
@@ -37,6 +38,8 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// How long finished jobs and compacted rows are kept.
     pub retention: RetentionConfig,
+    /// The admin HTTP API.
+    pub api: ApiConfig,
 }
 
 /// Settings of the host process.
@@ -185,7 +188,9 @@ impl Config {
         }
         let scheduler = scheduler_config(raw.scheduler.unwrap_or_default())?;
         let retention = retention_config(raw.retention.unwrap_or_default())?;
+        let api = api_config(raw.api.unwrap_or_default())?;
         let config = Config {
+            api,
             store,
             host,
             defaults,
@@ -296,6 +301,61 @@ fn scheduler_config(raw: RawScheduler) -> anyhow::Result<SchedulerConfig> {
         s.batch = positive("scheduler.batch", b)?;
     }
     Ok(s)
+}
+
+fn api_config(raw: RawApi) -> anyhow::Result<ApiConfig> {
+    let mut a = ApiConfig::default();
+    if let Some(e) = raw.enabled {
+        a.enabled = e;
+    }
+    if let Some(l) = &raw.listen {
+        a.listen = l.parse().map_err(|_| {
+            anyhow::anyhow!("api.listen: invalid address {l:?} (expected e.g. \"127.0.0.1:7070\")")
+        })?;
+    }
+    a.token = match (raw.token, raw.token_env) {
+        (Some(_), Some(_)) => bail!("api.token: give token or token_env, not both"),
+        (Some(t), None) => Some(t),
+        (None, Some(var)) => Some(std::env::var(&var).map_err(|_| {
+            anyhow::anyhow!("api.token_env: the environment variable {var:?} is not set")
+        })?),
+        (None, None) => None,
+    };
+    if let Some(t) = &a.token
+        && (t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        bail!("api.token: must be at least 16 characters, with no spaces");
+    }
+    if a.token.is_none() && !a.listen.ip().is_loopback() {
+        bail!(
+            "api.listen: {} is not a loopback address, and the API has no token: set api.token (or api.token_env), or listen on 127.0.0.1",
+            a.listen
+        );
+    }
+    if let Some(r) = raw.read_only {
+        a.read_only = r;
+    }
+    if let Some(m) = &raw.max_body {
+        a.max_body = m.bytes("api.max_body")?;
+        if a.max_body == 0 {
+            bail!("api.max_body: must be greater than zero");
+        }
+    }
+    a.request_timeout = opt_duration(
+        "api.request_timeout",
+        &raw.request_timeout,
+        a.request_timeout,
+    )?;
+    a.header_timeout = opt_duration("api.header_timeout", &raw.header_timeout, a.header_timeout)?;
+    for (key, d) in [
+        ("api.request_timeout", a.request_timeout),
+        ("api.header_timeout", a.header_timeout),
+    ] {
+        if d.is_zero() {
+            bail!("{key}: must be greater than zero");
+        }
+    }
+    Ok(a)
 }
 
 fn retention_config(raw: RawRetention) -> anyhow::Result<RetentionConfig> {
@@ -522,6 +582,20 @@ pub struct RawConfig {
     pub outbox: Option<RawOutbox>,
     pub scheduler: Option<RawScheduler>,
     pub retention: Option<RawRetention>,
+    pub api: Option<RawApi>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    pub enabled: Option<bool>,
+    pub listen: Option<String>,
+    pub token: Option<String>,
+    pub token_env: Option<String>,
+    pub read_only: Option<bool>,
+    pub max_body: Option<RawSize>,
+    pub request_timeout: Option<String>,
+    pub header_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -15,7 +15,7 @@ use crate::time::Timestamp;
 pub type JobId = i64;
 
 /// Where a job is in its lifecycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Waiting to run at `run_at` (which may be in the future: a scheduled
@@ -651,14 +651,34 @@ pub struct AttemptRow {
     pub fuel_used: Option<u64>,
 }
 
-/// Filters for listing jobs.
-#[derive(Clone, Debug, Default)]
+/// Filters for listing jobs (and for operators' bulk actions).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct JobFilter {
     pub state: Option<JobState>,
     pub kind: Option<String>,
     pub queue: Option<String>,
     pub concurrency_key: Option<String>,
+    /// Only jobs with a lower id (keyset pagination: the last id of the
+    /// previous page).
+    #[serde(skip)]
+    pub before: Option<JobId>,
     pub limit: Option<u32>,
+}
+
+/// A change of a job's state, as the API's event stream tells it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct JobEvent {
+    /// Rises by one per event of this host: a gap means events were missed.
+    pub seq: u64,
+    pub id: JobId,
+    pub kind: String,
+    pub state: JobState,
+    pub attempt: u32,
+    pub epoch: u64,
+    /// How the attempt that caused it ended, if one did.
+    pub outcome: Option<AttemptOutcome>,
+    pub at: Timestamp,
 }
 
 /// The most bytes of error text stored per attempt (and on the job).

@@ -20,21 +20,25 @@
 //! - [`retention`]: how long finished work is kept.
 //! - [`executor`]: the [`executor::Host`]: producer, attempts, lease
 //!   keeper, rescuer, outbox relay, scheduler, cleaner, graceful shutdown.
+//! - [`health`]: each loop's iterations and freshness: readiness.
 //! - [`config`]: raw TOML and the validated [`config::Config`], composed of
 //!   the settings types the modules above own.
 //! - [`time`]: milliseconds since the epoch and the injectable clock.
 //! - [`metrics`]: counters the host keeps about itself.
 //! - [`outbox`]: outbox events, their delivery states and the backlog cap.
+//! - [`api`]: the admin HTTP API (axum), `/metrics`, `/healthz`, `/readyz`.
 //! - [`admin`]: operators' actions on schedules, shared by the CLI and the API.
 //! - [`cli`]: the `jobbox` command line; `main.rs` only calls into it.
 //! - [`bench`]: `jobbox bench`, the end-to-end benchmark and its floors.
 
 pub mod admin;
+pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod enqueue;
 pub mod executor;
+pub mod health;
 pub mod job;
 pub mod metrics;
 pub mod outbox;

@@ -1,13 +1,162 @@
 //! Counters the host keeps about itself: what it claimed, how attempts
 //! ended, how often it was fenced out. Cheap to update (relaxed atomics)
 //! and read as a [`MetricsSnapshot`].
+//!
+//! [`Instruments`] are the Prometheus families behind `/metrics` that need
+//! labels or buckets: attempts per plugin and outcome, histograms of run
+//! time and queue wait per plugin, and of each phase (claim, run,
+//! write-back, delivery). Their plugin label is a loaded or configured
+//! kind, else `other`, so label sets stay bounded.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
 use crate::job::{AttemptOutcome, JobId};
 use crate::time::Timestamp;
+
+/// A label set of one plugin.
+pub type PluginLabel = [(&'static str, String); 1];
+/// A label set of one plugin and one outcome.
+pub type OutcomeLabels = [(&'static str, String); 2];
+/// A label set of one phase.
+pub type PhaseLabel = [(&'static str, &'static str); 1];
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The phases of a job whose durations are measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// One claim statement.
+    Claim,
+    /// Instantiate and run the plugin.
+    Run,
+    /// The fenced write-back, to durable.
+    WriteBack,
+    /// One outbox delivery.
+    Delivery,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 4] = [Phase::Claim, Phase::Run, Phase::WriteBack, Phase::Delivery];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Claim => "claim",
+            Phase::Run => "run",
+            Phase::WriteBack => "write_back",
+            Phase::Delivery => "delivery",
+        }
+    }
+}
+
+/// The Prometheus families with labels or buckets. Cloning shares them.
+#[derive(Clone, Debug)]
+pub struct Instruments {
+    attempts: Family<OutcomeLabels, Counter>,
+    run_seconds: Histograms<PluginLabel>,
+    queue_wait_seconds: Histograms<PluginLabel>,
+    phase_seconds: Histograms<PhaseLabel>,
+    /// The latest durations of each phase, for `jobbox stats`. A std mutex:
+    /// held for a push.
+    phase_window: std::sync::Arc<Mutex<[std::collections::VecDeque<Duration>; 4]>>,
+}
+
+fn run_buckets() -> Histogram {
+    // 50 µs to about 4 min.
+    Histogram::new(exponential_buckets(0.000_05, 2.5, 18))
+}
+
+fn wait_buckets() -> Histogram {
+    // 1 ms to about 12 days.
+    Histogram::new(exponential_buckets(0.001, 4.0, 16))
+}
+
+impl Default for Instruments {
+    fn default() -> Instruments {
+        Instruments {
+            attempts: Family::default(),
+            run_seconds: Family::new_with_constructor(run_buckets),
+            queue_wait_seconds: Family::new_with_constructor(wait_buckets),
+            phase_seconds: Family::new_with_constructor(run_buckets),
+            phase_window: Default::default(),
+        }
+    }
+}
+
+impl Instruments {
+    /// Registers the families (names without the `jobbox_` prefix, which
+    /// the registry adds).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "attempts",
+            "Attempts whose outcome was recorded, by plugin and outcome",
+            self.attempts.clone(),
+        );
+        registry.register(
+            "run_seconds",
+            "Time to instantiate and run the plugin, per attempt",
+            self.run_seconds.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "Time from a job's run_at to its claim",
+            self.queue_wait_seconds.clone(),
+        );
+        registry.register(
+            "phase_seconds",
+            "Duration of each phase: claim, run, write_back, delivery",
+            self.phase_seconds.clone(),
+        );
+    }
+
+    /// Records an attempt's outcome and timings.
+    pub fn attempt(
+        &self,
+        plugin: &str,
+        outcome: AttemptOutcome,
+        run: Duration,
+        queue_wait: Duration,
+    ) {
+        let p = plugin.to_owned();
+        self.attempts
+            .get_or_create(&[
+                ("plugin", p.clone()),
+                ("outcome", outcome.as_str().to_owned()),
+            ])
+            .inc();
+        self.run_seconds
+            .get_or_create(&[("plugin", p.clone())])
+            .observe(run.as_secs_f64());
+        self.queue_wait_seconds
+            .get_or_create(&[("plugin", p)])
+            .observe(queue_wait.as_secs_f64());
+    }
+
+    /// Records one phase's duration.
+    pub fn phase(&self, phase: Phase, took: Duration) {
+        self.phase_seconds
+            .get_or_create(&[("phase", phase.as_str())])
+            .observe(took.as_secs_f64());
+        let mut w = self.phase_window.lock().unwrap_or_else(|p| p.into_inner());
+        let ring = &mut w[phase as usize];
+        if ring.len() == WINDOW {
+            ring.pop_front();
+        }
+        ring.push_back(took);
+    }
+
+    /// The latest durations of `phase`.
+    pub fn phase_window(&self, phase: Phase) -> Vec<Duration> {
+        let w = self.phase_window.lock().unwrap_or_else(|p| p.into_inner());
+        w[phase as usize].iter().copied().collect()
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -51,7 +200,21 @@ pub struct Metrics {
     last_progress: AtomicI64,
     /// Per-attempt timings, kept only when a benchmark asks for them.
     samples: Mutex<Option<Vec<AttemptSample>>>,
+    /// The labelled families behind `/metrics`.
+    pub instruments: Instruments,
+    /// Recent attempts per plugin, for `jobbox stats` percentiles.
+    pub window: Mutex<std::collections::HashMap<String, PluginWindow>>,
 }
+
+/// The most recent attempts of one plugin (outcome, run time, queue wait),
+/// for percentiles over a sliding window.
+#[derive(Debug, Default)]
+pub struct PluginWindow {
+    pub recent: std::collections::VecDeque<(Timestamp, AttemptOutcome, Duration, Duration)>,
+}
+
+/// Attempts kept per plugin in the stats window.
+pub const WINDOW: usize = 1024;
 
 /// What one relay iteration did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -83,6 +246,28 @@ impl Metrics {
     pub fn record_outcome(&self, outcome: AttemptOutcome, now: Timestamp) {
         self.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
         self.last_progress.fetch_max(now.0, Ordering::Relaxed);
+    }
+
+    /// Records an attempt of `plugin` (a bounded label: see [`Instruments`])
+    /// in the Prometheus families and the stats window.
+    pub fn record_attempt(
+        &self,
+        plugin: &str,
+        outcome: AttemptOutcome,
+        run: Duration,
+        queue_wait: Duration,
+        now: Timestamp,
+    ) {
+        self.instruments.attempt(plugin, outcome, run, queue_wait);
+        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let w = match window.get_mut(plugin) {
+            Some(w) => w,
+            None => window.entry(plugin.to_owned()).or_default(),
+        };
+        if w.recent.len() == WINDOW {
+            w.recent.pop_front();
+        }
+        w.recent.push_back((now, outcome, run, queue_wait));
     }
 
     /// Starts keeping an [`AttemptSample`] per attempt.

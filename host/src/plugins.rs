@@ -71,6 +71,8 @@ pub struct LoadedPlugin {
     pub plugin: Arc<Plugin>,
     pub path: PathBuf,
     pub settings: PluginSettings,
+    /// The SHA-256 of the component's bytes, hex: which build runs.
+    pub content_hash: String,
 }
 
 /// A file that did not load, and why.
@@ -141,8 +143,10 @@ fn load_one(
         .to_owned();
     validate_kind(&kind).map_err(|e| format!("{}: {e}", path.display()))?;
     let settings = settings(&kind);
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let content_hash = sha256_hex(&bytes);
     let plugin = sandbox
-        .load_with_grants(&kind, path, settings.limits, settings.grants.clone())
+        .load_bytes(&kind, &bytes, settings.limits, settings.grants.clone())
         .map_err(|e| format!("{}: {e:#}", path.display()))?;
     Ok((
         kind,
@@ -150,8 +154,18 @@ fn load_one(
             plugin: Arc::new(plugin),
             path: path.to_owned(),
             settings,
+            content_hash,
         },
     ))
+}
+
+/// The SHA-256 of `bytes`, as lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Kinds are short names of letters, digits, `-` and `_`.

@@ -21,7 +21,7 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let plugins = jobbox_tests::plugin_dir_with(kinds);
         let config = format!(
-            "[store]\npath = \"jobbox.db\"\n\n[host]\nplugins_dir = {:?}\npoll_interval = \"20ms\"\n{extra}",
+            "[store]\npath = \"jobbox.db\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n[host]\nplugins_dir = {:?}\npoll_interval = \"20ms\"\n{extra}",
             plugins.path()
         );
         std::fs::write(dir.path().join("jobbox.toml"), config).unwrap();

@@ -59,6 +59,7 @@ async fn run(store: &dyn Store, cmd: JobsCommand) -> anyhow::Result<()> {
                     kind,
                     queue,
                     concurrency_key,
+                    before: None,
                     limit: Some(limit),
                 })
                 .await?;

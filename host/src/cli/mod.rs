@@ -157,14 +157,54 @@ where
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let store = open_store(&config)?;
+    let api_config = config.api.clone();
     let host = Arc::new(Host::new(
         config,
         Arc::clone(&store) as Arc<dyn Store>,
         Arc::new(SystemClock),
     )?);
+    let (stop_api, api_stopped) = tokio::sync::watch::channel(false);
+    let api = match api_config.enabled {
+        true => Some(start_api(&host, api_config, api_stopped).await?),
+        false => None,
+    };
     let result = host.run(shutdown_signal()).await;
+    let _ = stop_api.send(true);
+    if let Some(api) = api {
+        api.await
+            .context("the API task failed")?
+            .context("serving the API")?;
+    }
     store.close().await.context("closing the database")?;
     result
+}
+
+/// Binds the API's listener and serves it on a task of its own until
+/// `stop` turns true.
+async fn start_api(
+    host: &Arc<Host>,
+    config: crate::api::ApiConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("api.listen: cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    if config.token.is_none() {
+        tracing::warn!(
+            "admin API on http://{addr} has no token: it listens on loopback only (set api.token to listen elsewhere)"
+        );
+    } else {
+        tracing::info!(read_only = config.read_only, "admin API on http://{addr}");
+    }
+    let state = crate::api::ApiState::new(Arc::clone(host), config);
+    Ok(tokio::spawn(crate::api::serve(
+        listener,
+        state,
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    )))
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

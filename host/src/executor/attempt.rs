@@ -10,7 +10,7 @@ use crate::job::{
     AttemptOutcome, AttemptRecord, BreakerCount, ClaimedJob, ConflictRetry, Fenced, Finish,
     MAX_ERROR_TEXT, Transition, cap_text,
 };
-use crate::metrics::{AttemptSample, Metrics};
+use crate::metrics::{AttemptSample, Metrics, Phase};
 use crate::policy::{BreakerChange, BreakerState};
 use crate::sandbox::{RunError, RunReport};
 use crate::store::{FinishOutcome, StoreError};
@@ -189,7 +189,13 @@ impl Host {
             breaker,
         };
         let events = finish.effects.events.len() as u64;
-        match self.write_back(finish).await {
+        let writing = Instant::now();
+        let written = self.write_back(finish).await;
+        self.metrics
+            .instruments
+            .phase(Phase::WriteBack, writing.elapsed());
+        self.metrics.instruments.phase(Phase::Run, report.elapsed);
+        match written {
             Ok(written) if written.fenced == Fenced::Applied => {
                 if let Some(key) = &written.conflict {
                     // Another job changed a key this attempt read: nothing
@@ -206,7 +212,22 @@ impl Host {
                 if let Some(change) = &written.breaker {
                     self.breaker_changed(change);
                 }
+                self.publish(
+                    job.id,
+                    &job.kind,
+                    written.next,
+                    job.attempt,
+                    job.epoch,
+                    Some(written.outcome),
+                );
                 self.metrics.record_outcome(written.outcome, now);
+                self.metrics.record_attempt(
+                    self.plugin_label(&job.kind),
+                    written.outcome,
+                    report.elapsed,
+                    queue_wait,
+                    now,
+                );
                 self.metrics.record_sample(|| AttemptSample {
                     job_id: job.id,
                     started,

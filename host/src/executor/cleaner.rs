@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{Host, sleep_or_stop};
+use crate::health::Loop;
 use crate::metrics::Metrics;
 use crate::store::{CleanReport, StoreError};
 
@@ -35,9 +36,17 @@ impl Host {
     pub(super) async fn cleaner(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let every = self.config.retention.interval;
         while !sleep_or_stop(every, &mut stop).await {
-            if let Err(e) = self.clean_expired().await {
-                Metrics::inc(&self.metrics.store_errors);
-                tracing::error!("cleaner: {e}");
+            let started = std::time::Instant::now();
+            match self.clean_expired().await {
+                Ok(r) => {
+                    let n = r.jobs + r.tombstones + r.events + r.fires;
+                    self.report(Loop::Cleaner, started, Ok((n, 0)));
+                }
+                Err(e) => {
+                    Metrics::inc(&self.metrics.store_errors);
+                    tracing::error!("cleaner: {e}");
+                    self.report(Loop::Cleaner, started, Err(e.to_string()));
+                }
             }
         }
     }

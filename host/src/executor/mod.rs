@@ -19,6 +19,7 @@
 
 mod attempt;
 mod cleaner;
+mod heartbeat;
 mod lease;
 mod relay;
 mod rescuer;
@@ -37,8 +38,9 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
+use crate::health::{Freshness, Health, Iteration, Loop};
 use crate::job::KvEntry;
-use crate::job::{ClaimedJob, Enqueued, Fence, JobId, NewJob};
+use crate::job::{AttemptOutcome, ClaimedJob, Enqueued, Fence, JobEvent, JobId, JobState, NewJob};
 use crate::metrics::Metrics;
 use crate::outbox::Backlog;
 use crate::plugins::{PluginRegistry, PluginSettings};
@@ -85,6 +87,15 @@ pub struct Host {
     /// The cleaner's place in its sweep of completed jobs. A std mutex:
     /// only the cleaner takes it, briefly.
     sweep: Mutex<cleaner::SweepCursor>,
+    /// Each loop's last iterations and freshness: readiness.
+    health: Health,
+    /// When this host was built (for its heartbeat).
+    started: crate::time::Timestamp,
+    /// Job state changes this host makes or sees, for subscribers (the
+    /// API's event stream). Sending with no subscriber costs nothing.
+    events: tokio::sync::broadcast::Sender<JobEvent>,
+    /// The `seq` of the next event.
+    event_seq: std::sync::atomic::AtomicU64,
     /// Declared last so that it drops after the plugins: it owns the
     /// epoch ticker.
     sandbox: Sandbox,
@@ -139,6 +150,8 @@ impl Host {
             kv: Some(Arc::new(StoreKv(Arc::clone(&store))) as Arc<dyn KvSource>),
             backlog: Some(Arc::clone(&backlog)),
         };
+        let started = clock.now();
+        let health = Health::new(freshness(&config));
         let rates = config
             .plugins
             .iter()
@@ -158,6 +171,10 @@ impl Host {
             relay_wake: Notify::new(),
             scheduler_wake: Notify::new(),
             sweep: Mutex::default(),
+            health,
+            started,
+            events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
+            event_seq: std::sync::atomic::AtomicU64::new(1),
             sandbox,
         })
     }
@@ -176,6 +193,40 @@ impl Host {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// When this host was built.
+    pub fn started_at(&self) -> crate::time::Timestamp {
+        self.started
+    }
+
+    /// Reports one iteration of `l` that began at `started` (a monotonic
+    /// instant): `Ok((handled, failed))` or the error that failed it.
+    fn report(&self, l: Loop, started: std::time::Instant, result: Result<(u64, u64), String>) {
+        let it = Iteration {
+            at: self.clock.now(),
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            ..Iteration::default()
+        };
+        match result {
+            Ok((handled, failed)) => self.health.success(
+                l,
+                Iteration {
+                    handled,
+                    failed,
+                    ..it
+                },
+            ),
+            Err(error) => self.health.failure(l, it, error),
+        }
     }
 
     pub fn sandbox(&self) -> &Sandbox {
@@ -199,15 +250,76 @@ impl Host {
                 tracing::warn!(kind = %job.kind, "enqueued a job of a kind with no plugin loaded");
             }
         }
+        // Only with a subscriber: the kinds of the jobs for their events.
+        let kinds: Option<Vec<String>> = (self.events.receiver_count() > 0)
+            .then(|| jobs.iter().map(|j| j.kind.clone()).collect());
         let out = self.store.enqueue(jobs, self.clock.now()).await?;
+        for (kind, e) in kinds.iter().flatten().zip(&out) {
+            if e.created {
+                self.publish(e.id, kind, JobState::Available, 0, 0, None);
+            }
+        }
         self.wake.notify_one();
         Ok(out)
+    }
+
+    /// Job state changes from now on: enqueues, claims and outcomes of
+    /// this host, and operators' actions through it. A subscriber that
+    /// falls more than a few thousand events behind misses some (the
+    /// receiver says how many).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<JobEvent> {
+        self.events.subscribe()
+    }
+
+    /// Publishes a job's change of state to subscribers, if any.
+    pub fn publish(
+        &self,
+        id: JobId,
+        kind: &str,
+        state: JobState,
+        attempt: u32,
+        epoch: u64,
+        outcome: Option<AttemptOutcome>,
+    ) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        let seq = self
+            .event_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.events.send(JobEvent {
+            seq,
+            id,
+            kind: kind.to_owned(),
+            state,
+            attempt,
+            epoch,
+            outcome,
+            at: self.clock.now(),
+        });
+    }
+
+    /// Wakes the producer, after jobs became claimable through this host
+    /// (an operator's retry, say).
+    pub fn wake_producer(&self) {
+        self.wake.notify_one();
     }
 
     /// Wakes the scheduler, after a change to schedules made through this
     /// host (another process's change is seen within `scheduler.refresh`).
     pub fn wake_scheduler(&self) {
         self.scheduler_wake.notify_one();
+    }
+
+    /// `kind` as a metrics label: itself if a plugin is loaded or
+    /// configured for it, else `other` (any client may enqueue any kind; a
+    /// label per kind would not be bounded).
+    pub fn plugin_label<'a>(&self, kind: &'a str) -> &'a str {
+        if self.registry.get(kind).is_some() || self.config.plugins.contains_key(kind) {
+            kind
+        } else {
+            "other"
+        }
     }
 
     /// The settings for `kind`: its plugin's, else the configured ones.
@@ -231,7 +343,8 @@ impl Host {
             .scheduler
             .enabled
             .then(|| tokio::spawn(Arc::clone(self).scheduler(stop_rx.clone())));
-        let cleaner = tokio::spawn(Arc::clone(self).cleaner(stop_rx));
+        let cleaner = tokio::spawn(Arc::clone(self).cleaner(stop_rx.clone()));
+        let heartbeat = tokio::spawn(Arc::clone(self).heartbeat(stop_rx));
         tracing::info!(
             worker = %self.config.host.worker_id,
             plugins = self.registry.loaded().count(),
@@ -241,6 +354,7 @@ impl Host {
         );
 
         let mut tasks = JoinSet::new();
+        let mut claiming = true;
         tokio::pin!(shutdown);
         loop {
             // Reap every finished attempt: a finished task keeps its future's
@@ -251,7 +365,25 @@ impl Host {
             let limit = self.claim_limit();
             let mut full = false;
             let mut sleep = self.config.host.poll_interval;
-            if limit.total > 0 {
+            let started = std::time::Instant::now();
+            // A host whose other loops are stale claims nothing it could
+            // not see through (renew, rescue, deliver).
+            let may_claim = self.health.may_claim();
+            if may_claim != claiming {
+                claiming = may_claim;
+                if claiming {
+                    tracing::info!("host ready again: claiming");
+                } else {
+                    let stale: Vec<String> = self
+                        .health
+                        .readiness()
+                        .stale()
+                        .map(|l| l.name.to_string())
+                        .collect();
+                    tracing::warn!(stale = ?stale, "host not ready: no new claims until it is");
+                }
+            }
+            if limit.total > 0 && claiming {
                 match self.claim(&limit).await {
                     Ok(claimed) => {
                         full = claimed.jobs.len() as u32 == limit.total;
@@ -260,7 +392,16 @@ impl Host {
                         if let Some(at) = claimed.wake_at {
                             sleep = sleep.min(at.since(self.clock.now()));
                         }
+                        self.report(Loop::Producer, started, Ok((claimed.jobs.len() as u64, 0)));
                         for job in claimed.jobs {
+                            self.publish(
+                                job.id,
+                                &job.kind,
+                                JobState::Running,
+                                job.attempt,
+                                job.epoch,
+                                None,
+                            );
                             let cancel = self.track(&job);
                             tasks.spawn(Arc::clone(self).run_attempt(job, cancel));
                         }
@@ -268,8 +409,11 @@ impl Host {
                     Err(e) => {
                         Metrics::inc(&self.metrics.store_errors);
                         tracing::error!("claim failed: {e}");
+                        self.report(Loop::Producer, started, Err(format!("claim failed: {e}")));
                     }
                 }
+            } else {
+                self.report(Loop::Producer, started, Ok((0, 0)));
             }
             tokio::select! {
                 biased;
@@ -322,6 +466,7 @@ impl Host {
             let _ = scheduler.await;
         }
         let _ = cleaner.await;
+        let _ = heartbeat.await;
         tracing::info!("host stopped");
         Ok(())
     }
@@ -370,6 +515,7 @@ impl Host {
     }
 
     async fn claim(&self, limit: &ClaimLimit) -> Result<Claimed, StoreError> {
+        let started = std::time::Instant::now();
         let claimed = self
             .store
             .claim(ClaimRequest {
@@ -381,6 +527,9 @@ impl Host {
                 rates: self.rates.clone(),
             })
             .await?;
+        self.metrics
+            .instruments
+            .phase(crate::metrics::Phase::Claim, started.elapsed());
         self.metrics.claimed.fetch_add(
             claimed.jobs.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
@@ -551,6 +700,28 @@ impl HostTask {
         }
         (&mut self.task).await?
     }
+}
+
+/// Events kept for subscribers that fall behind.
+const EVENT_BUFFER: usize = 4096;
+
+/// Each loop's freshness window, from how often it runs: a few periods,
+/// plus what one iteration may take.
+fn freshness(config: &Config) -> Freshness {
+    let h = &config.host;
+    let second = Duration::from_secs(1);
+    let mut f = [None; 6];
+    f[Loop::Producer as usize] = Some(h.poll_interval * 10 + second * 2);
+    f[Loop::LeaseKeeper as usize] = Some(h.lease * 2 + second);
+    f[Loop::Rescuer as usize] = Some(h.rescue_interval * 3 + second);
+    f[Loop::Scheduler as usize] = config
+        .scheduler
+        .enabled
+        .then(|| config.scheduler.refresh * 3 + second);
+    f[Loop::Relay as usize] =
+        Some((config.outbox.poll_interval * 3).max(second) + config.outbox.request_timeout);
+    f[Loop::Cleaner as usize] = Some(config.retention.interval * 3);
+    Freshness(f)
 }
 
 struct ClaimLimit {

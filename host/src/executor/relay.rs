@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::Host;
+use crate::health::Loop;
 use crate::metrics::{Metrics, RelaySummary};
 use crate::outbox::{ClaimedEvent, Delivery, Verdict, classify};
 use crate::sandbox::{IDEMPOTENCY_KEY, pin_to_vetted_address};
@@ -25,11 +26,25 @@ impl Host {
     pub(super) async fn relay(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let every = self.config.outbox.poll_interval;
         loop {
+            let started = std::time::Instant::now();
             let full = match self.relay_once().await {
-                Ok(summary) => summary.due == self.config.outbox.batch,
+                Ok(summary) => {
+                    let failed = u64::from(summary.retried + summary.failed);
+                    let result = if summary.outcome == "failed" {
+                        Err(format!(
+                            "every one of {} due deliveries failed",
+                            summary.due
+                        ))
+                    } else {
+                        Ok((u64::from(summary.delivered), failed))
+                    };
+                    self.report(Loop::Relay, started, result);
+                    summary.due == self.config.outbox.batch
+                }
                 Err(e) => {
                     Metrics::inc(&self.metrics.store_errors);
                     tracing::error!("outbox relay: {e}");
+                    self.report(Loop::Relay, started, Err(e.to_string()));
                     false
                 }
             };
@@ -69,8 +84,11 @@ impl Host {
         let mut sends = JoinSet::new();
         for event in events {
             let timeout = outbox.request_timeout;
+            let instruments = self.metrics.instruments.clone();
             sends.spawn(async move {
+                let sent = std::time::Instant::now();
                 let verdict = deliver(&event, timeout).await;
+                instruments.phase(crate::metrics::Phase::Delivery, sent.elapsed());
                 (event, verdict)
             });
         }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::{Host, sleep_or_stop};
+use crate::health::Loop;
 use crate::job::Fenced;
 use crate::metrics::Metrics;
 use crate::store::StoreError;
@@ -18,9 +19,14 @@ impl Host {
     pub(super) async fn rescuer(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let every = self.config.host.rescue_interval;
         loop {
-            if let Err(e) = self.rescue_expired().await {
-                Metrics::inc(&self.metrics.store_errors);
-                tracing::error!("rescuer: {e}");
+            let started = std::time::Instant::now();
+            match self.rescue_expired().await {
+                Ok(n) => self.report(Loop::Rescuer, started, Ok((n as u64, 0))),
+                Err(e) => {
+                    Metrics::inc(&self.metrics.store_errors);
+                    tracing::error!("rescuer: {e}");
+                    self.report(Loop::Rescuer, started, Err(e.to_string()));
+                }
             }
             if sleep_or_stop(every, &mut stop).await {
                 break;

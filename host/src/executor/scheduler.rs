@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::Host;
+use crate::health::Loop;
 use crate::metrics::Metrics;
 use crate::schedule::{self, ScheduleDef, ScheduleFire, ScheduleRecord};
 use crate::store::StoreError;
@@ -37,11 +38,16 @@ impl Host {
     pub(super) async fn scheduler(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let refresh = self.config.scheduler.refresh;
         loop {
+            let started = std::time::Instant::now();
             let full = match self.fire_due_schedules().await {
-                Ok(step) => step.due >= self.config.scheduler.batch as usize,
+                Ok(step) => {
+                    self.report(Loop::Scheduler, started, Ok((step.fired as u64, 0)));
+                    step.due >= self.config.scheduler.batch as usize
+                }
                 Err(e) => {
                     Metrics::inc(&self.metrics.store_errors);
                     tracing::error!("scheduler: {e}");
+                    self.report(Loop::Scheduler, started, Err(e.to_string()));
                     false
                 }
             };

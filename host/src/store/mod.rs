@@ -114,6 +114,23 @@ pub struct FinishOutcome {
     pub breaker: Option<BreakerChange>,
 }
 
+/// Outbox events by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EventCounts {
+    pub pending: u64,
+    pub delivered: u64,
+    pub failed: u64,
+}
+
+/// What an operator's bulk action did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bulk {
+    /// The jobs it moved, with their kind and new state.
+    pub changed: Vec<(JobId, String, JobState)>,
+    /// Whether more jobs match than it was allowed to act on.
+    pub more: bool,
+}
+
 /// Jobs and attempts by queue, for operators.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct QueueStats {
@@ -249,6 +266,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// attempt is recorded as `cancelled` and its worker is fenced out.
     fn cancel_job(&self, id: JobId, now: Timestamp) -> StoreFuture<'_, JobState>;
 
+    /// Retries every job matching `filter` that can be (discarded,
+    /// retryable or cancelled), at most `limit` of them.
+    fn retry_jobs(&self, filter: JobFilter, limit: u32, now: Timestamp) -> StoreFuture<'_, Bulk>;
+
+    /// Cancels every job matching `filter` that can be (available,
+    /// retryable or running), at most `limit` of them.
+    fn cancel_jobs(&self, filter: JobFilter, limit: u32, now: Timestamp) -> StoreFuture<'_, Bulk>;
+
     /// One job with its attempts, or `None`.
     fn job(&self, id: JobId) -> StoreFuture<'_, Option<JobRecord>>;
 
@@ -301,6 +326,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// How many events await delivery.
     fn pending_events(&self) -> StoreFuture<'_, u64>;
+
+    /// Events by state (a scan: callers cache it).
+    fn event_counts(&self) -> StoreFuture<'_, EventCounts>;
 
     /// Upserts schedules by id in one transaction (and with `prune`,
     /// deletes those not given). An unchanged spec changes nothing; a
@@ -392,6 +420,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Jobs by queue and state, with each queue's oldest due job and pause.
     fn queues(&self, now: Timestamp) -> StoreFuture<'_, Vec<QueueStats>>;
+
+    /// Writes a host's heartbeat row, and forgets hosts not seen since
+    /// `forget_before`.
+    fn heartbeat(
+        &self,
+        host: crate::health::HostRecord,
+        forget_before: Timestamp,
+    ) -> StoreFuture<'_, ()>;
+
+    /// Every host using the database, most recently seen first.
+    fn hosts(&self) -> StoreFuture<'_, Vec<crate::health::HostRecord>>;
 
     /// Deletes one batch of what retention allows.
     fn clean(&self, req: CleanRequest) -> StoreFuture<'_, CleanReport>;

@@ -23,7 +23,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use super::{
-    ClaimRequest, Claimed, CleanReport, CleanRequest, FinishOutcome, QueueStats, StateCounts,
+    Bulk, ClaimRequest, Claimed, CleanReport, CleanRequest, FinishOutcome, QueueStats, StateCounts,
     Store, StoreError, StoreFuture,
 };
 use crate::job::{
@@ -209,6 +209,14 @@ impl Store for SqliteStore {
         self.write(move |c| write::cancel_job(c, id, now))
     }
 
+    fn retry_jobs(&self, filter: JobFilter, limit: u32, now: Timestamp) -> StoreFuture<'_, Bulk> {
+        self.write(move |c| write::bulk(c, &filter, limit, now, true))
+    }
+
+    fn cancel_jobs(&self, filter: JobFilter, limit: u32, now: Timestamp) -> StoreFuture<'_, Bulk> {
+        self.write(move |c| write::bulk(c, &filter, limit, now, false))
+    }
+
     fn job(&self, id: JobId) -> StoreFuture<'_, Option<JobRecord>> {
         self.read(move |c| read::job(c, id))
     }
@@ -267,6 +275,10 @@ impl Store for SqliteStore {
 
     fn pending_events(&self) -> StoreFuture<'_, u64> {
         self.read(read::pending_events)
+    }
+
+    fn event_counts(&self) -> StoreFuture<'_, super::EventCounts> {
+        self.read(read::event_counts)
     }
 
     fn apply_schedules(
@@ -364,6 +376,18 @@ impl Store for SqliteStore {
 
     fn queues(&self, now: Timestamp) -> StoreFuture<'_, Vec<QueueStats>> {
         self.read(move |c| read::queues(c, now))
+    }
+
+    fn heartbeat(
+        &self,
+        host: crate::health::HostRecord,
+        forget_before: Timestamp,
+    ) -> StoreFuture<'_, ()> {
+        self.write(move |c| write::heartbeat(c, &host, forget_before))
+    }
+
+    fn hosts(&self) -> StoreFuture<'_, Vec<crate::health::HostRecord>> {
+        self.read(read::hosts)
     }
 
     fn clean(&self, req: CleanRequest) -> StoreFuture<'_, CleanReport> {

@@ -45,10 +45,23 @@ pub(super) fn job(conn: &Connection, id: JobId) -> Result<Option<JobRecord>> {
 }
 
 pub(super) fn list_jobs(conn: &Connection, filter: &JobFilter) -> Result<Vec<JobRecord>> {
-    let mut q = format!("SELECT {} FROM jobs WHERE 1 = 1", sql::JOB_COLUMNS);
+    let (cond, mut args) = filter_sql(filter);
+    let q = format!(
+        "SELECT {} FROM jobs WHERE {cond} ORDER BY id DESC LIMIT ?",
+        sql::JOB_COLUMNS
+    );
+    args.push(Value::Integer(i64::from(filter.limit.unwrap_or(1000))));
+    let mut stmt = conn.prepare_cached(&q)?;
+    let rows = stmt.query_map(params_from_iter(args), job_record)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The `WHERE` condition of a job filter, with its arguments.
+pub(super) fn filter_sql(filter: &JobFilter) -> (String, Vec<Value>) {
+    let mut cond = String::from("1 = 1");
     let mut args: Vec<Value> = Vec::new();
     if let Some(state) = filter.state {
-        q.push_str(" AND state = ?");
+        cond.push_str(" AND state = ?");
         args.push(Value::Text(state.as_str().to_owned()));
     }
     for (column, value) in [
@@ -57,15 +70,15 @@ pub(super) fn list_jobs(conn: &Connection, filter: &JobFilter) -> Result<Vec<Job
         ("concurrency_key", &filter.concurrency_key),
     ] {
         if let Some(v) = value {
-            q.push_str(&format!(" AND {column} = ?"));
+            cond.push_str(&format!(" AND {column} = ?"));
             args.push(Value::Text(v.clone()));
         }
     }
-    q.push_str(" ORDER BY id DESC LIMIT ?");
-    args.push(Value::Integer(i64::from(filter.limit.unwrap_or(1000))));
-    let mut stmt = conn.prepare_cached(&q)?;
-    let rows = stmt.query_map(params_from_iter(args), job_record)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    if let Some(before) = filter.before {
+        cond.push_str(" AND id < ?");
+        args.push(Value::Integer(before));
+    }
+    (cond, args)
 }
 
 pub(super) fn counts(conn: &Connection) -> Result<StateCounts> {
@@ -129,6 +142,21 @@ pub(super) fn queues(conn: &Connection, now: Timestamp) -> Result<Vec<QueueStats
         }
     }
     Ok(by_queue.into_values().collect())
+}
+
+pub(super) fn hosts(conn: &Connection) -> Result<Vec<crate::health::HostRecord>> {
+    let mut stmt = conn.prepare_cached(sql::SELECT_HOSTS)?;
+    let rows = stmt.query_map([], |r| {
+        Ok(crate::health::HostRecord {
+            id: r.get(0)?,
+            version: r.get(1)?,
+            started_at: Timestamp(r.get(2)?),
+            last_seen: Timestamp(r.get(3)?),
+            ready: r.get(4)?,
+            in_flight: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 pub(super) fn pauses(conn: &Connection) -> Result<Vec<PauseRecord>> {
@@ -349,6 +377,22 @@ pub(super) fn list_events(
         },
     )?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub(super) fn event_counts(conn: &Connection) -> Result<crate::store::EventCounts> {
+    let mut counts = crate::store::EventCounts::default();
+    let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM outbox GROUP BY state")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let state: String = r.get(0)?;
+        let n: u64 = r.get(1)?;
+        match state.as_str() {
+            "pending" => counts.pending = n,
+            "delivered" => counts.delivered = n,
+            _ => counts.failed += n,
+        }
+    }
+    Ok(counts)
 }
 
 pub(super) fn pending_events(conn: &Connection) -> Result<u64> {

@@ -204,6 +204,17 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX outbox_delivered ON outbox (finalized_at)
         WHERE state = 'delivered';
     "#,
+    // 4: every host using the database, by its heartbeat.
+    r#"
+    CREATE TABLE hosts (
+        id         TEXT    PRIMARY KEY,
+        version    TEXT    NOT NULL,
+        started_at INTEGER NOT NULL,
+        last_seen  INTEGER NOT NULL,
+        ready      INTEGER NOT NULL,
+        in_flight  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -527,3 +527,20 @@ pub const COUNT_PENDING_EVENTS: &str = "SELECT COUNT(*) FROM outbox WHERE state 
 pub const EVENT_COLUMNS: &str = "
     id, job_id, topic, url, body, idempotency_key, state, attempts,
     next_attempt_at, created_at, finalized_at, last_status, last_error, note";
+
+/// A host's heartbeat. ?1 id, ?2 version, ?3 started, ?4 now, ?5 ready,
+/// ?6 in flight.
+pub const HEARTBEAT: &str = "
+    INSERT INTO hosts (id, version, started_at, last_seen, ready, in_flight)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+    ON CONFLICT (id) DO UPDATE SET
+        version = excluded.version, started_at = excluded.started_at,
+        last_seen = excluded.last_seen, ready = excluded.ready,
+        in_flight = excluded.in_flight";
+
+/// Hosts not seen since ?1 are forgotten.
+pub const FORGET_HOSTS: &str = "DELETE FROM hosts WHERE last_seen < ?1";
+
+pub const SELECT_HOSTS: &str = "
+    SELECT id, version, started_at, last_seen, ready, in_flight
+    FROM hosts ORDER BY last_seen DESC, id";

@@ -17,7 +17,9 @@ use crate::policy::{BreakerChange, BreakerRecord, BreakerState, PauseScope};
 use crate::schedule::{
     ApplyReport, FireOutcome, Overlap, ScheduleFire, ScheduleUpsert, trigger_key,
 };
-use crate::store::{ClaimRequest, Claimed, CleanReport, CleanRequest, FinishOutcome, StoreError};
+use crate::store::{
+    Bulk, ClaimRequest, Claimed, CleanReport, CleanRequest, FinishOutcome, StoreError,
+};
 use crate::time::{Timestamp, duration_ms};
 
 pub(super) type Result<T> = std::result::Result<T, StoreError>;
@@ -1102,6 +1104,68 @@ pub(super) fn clean(conn: &Connection, req: &CleanRequest) -> Result<CleanReport
             .execute(params![before.0, batch])? as u64;
     }
     Ok(report)
+}
+
+/// An operator's action on every job matching `filter`, at most `limit`
+/// of them: retry (discarded, retryable or cancelled → available) or
+/// cancel (available, retryable or running → cancelled). Each job is moved
+/// by the same fenced statement as a single retry or cancel.
+pub(super) fn bulk(
+    conn: &Connection,
+    filter: &crate::job::JobFilter,
+    limit: u32,
+    now: Timestamp,
+    retry: bool,
+) -> Result<Bulk> {
+    let (cond, mut args) = super::read::filter_sql(filter);
+    let states = if retry {
+        "('discarded', 'retryable', 'cancelled')"
+    } else {
+        "('available', 'retryable', 'running')"
+    };
+    let q =
+        format!("SELECT id, kind FROM jobs WHERE {cond} AND state IN {states} ORDER BY id LIMIT ?");
+    args.push(rusqlite::types::Value::Integer(i64::from(limit) + 1));
+    let mut ids: Vec<(JobId, String)> = conn
+        .prepare_cached(&q)?
+        .query_map(rusqlite::params_from_iter(args), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let more = ids.len() > limit as usize;
+    ids.truncate(limit as usize);
+    let mut changed = Vec::with_capacity(ids.len());
+    for (id, kind) in ids {
+        let r = if retry {
+            retry_job(conn, id, now)
+        } else {
+            cancel_job(conn, id, now)
+        };
+        match r {
+            Ok(state) => changed.push((id, kind, state)),
+            Err(StoreError::InvalidState { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Bulk { changed, more })
+}
+
+pub(super) fn heartbeat(
+    conn: &Connection,
+    host: &crate::health::HostRecord,
+    forget_before: Timestamp,
+) -> Result<()> {
+    conn.prepare_cached(sql::HEARTBEAT)?.execute(params![
+        host.id,
+        host.version,
+        host.started_at.0,
+        host.last_seen.0,
+        host.ready,
+        host.in_flight
+    ])?;
+    conn.prepare_cached(sql::FORGET_HOSTS)?
+        .execute([forget_before.0])?;
+    Ok(())
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -1,0 +1,409 @@
+//! `/api/jobs`: enqueue (optionally waiting for the result), list with
+//! keyset pagination, show, retry and cancel, one job or every job a
+//! filter matches.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiJson, ApiState};
+use crate::job::{JobFilter, JobId, JobRecord, JobState, NewJob, canonical_json};
+use crate::time::Timestamp;
+
+/// A job as a client submits it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    kind: String,
+    /// Any JSON; `{}` if left out.
+    #[serde(default)]
+    payload: Option<serde_json::Value>,
+    queue: Option<String>,
+    priority: Option<i32>,
+    idempotency_key: Option<String>,
+    /// Not before this time (RFC 3339).
+    run_at: Option<String>,
+    /// Not before this long from now (e.g. "30s").
+    delay: Option<String>,
+    max_attempts: Option<u32>,
+    callback_url: Option<String>,
+    concurrency_key: Option<String>,
+    concurrency_limit: Option<u32>,
+}
+
+impl JobSpec {
+    fn into_job(self, now: Timestamp) -> Result<NewJob, String> {
+        let payload = self
+            .payload
+            .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+        let run_at = match (&self.run_at, &self.delay) {
+            (Some(_), Some(_)) => return Err("give either run_at or delay, not both".into()),
+            (Some(t), None) => {
+                Some(Timestamp::parse_rfc3339(t).map_err(|e| format!("run_at: {e}"))?)
+            }
+            (None, Some(d)) => {
+                Some(now.plus(crate::time::parse_duration(d).map_err(|e| format!("delay: {e}"))?))
+            }
+            (None, None) => None,
+        };
+        Ok(NewJob {
+            kind: self.kind,
+            queue: self
+                .queue
+                .unwrap_or_else(|| crate::job::DEFAULT_QUEUE.to_owned()),
+            payload: canonical_json(&payload.to_string())?,
+            idempotency_key: self.idempotency_key,
+            priority: self.priority.unwrap_or(0),
+            run_at,
+            max_attempts: self.max_attempts,
+            callback_url: self.callback_url,
+            concurrency_key: self.concurrency_key,
+            concurrency_limit: self.concurrency_limit,
+            schedule_id: None,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueQuery {
+    /// Answer once the job is final, or after this long (e.g. "5s", at most
+    /// 5 minutes), with the job.
+    wait: Option<String>,
+}
+
+/// What an enqueue did, for one job.
+#[derive(Debug, Serialize)]
+pub struct Enqueued {
+    id: JobId,
+    /// False when the idempotency key named an existing job, returned
+    /// instead.
+    created: bool,
+    /// With `?wait`: the job as it is when the call answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<JobRecord>,
+}
+
+/// The longest `?wait`.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// `POST /api/jobs`: one job (an object) or many (an array), all or
+/// nothing. 201 if one new job was created, 200 otherwise; with `?wait`,
+/// 200 once every job is final, 202 if the wait ran out first.
+pub async fn enqueue(
+    State(state): State<Arc<ApiState>>,
+    Query(q): Query<EnqueueQuery>,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    let wait = q
+        .wait
+        .as_deref()
+        .map(|w| {
+            crate::time::parse_duration(w)
+                .map_err(|e| ApiError::invalid(format!("wait: {e}")))
+                .map(|d| d.min(MAX_WAIT))
+        })
+        .transpose()?;
+    let (specs, single) = match body {
+        serde_json::Value::Array(items) => (items, false),
+        obj @ serde_json::Value::Object(_) => (vec![obj], true),
+        _ => {
+            return Err(ApiError::invalid(
+                "expected a job object or an array of them",
+            ));
+        }
+    };
+    if specs.is_empty() {
+        return Err(ApiError::invalid("the array has no jobs"));
+    }
+    let host = &state.host;
+    let now = host.clock().now();
+    let mut jobs = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.into_iter().enumerate() {
+        let prefix = if single {
+            String::new()
+        } else {
+            format!("[{i}].")
+        };
+        let spec: JobSpec = serde_path_to_error::deserialize(&spec).map_err(|e| {
+            let path = e.path().to_string();
+            ApiError::invalid(if path == "." {
+                format!("{prefix}{}", e.into_inner())
+            } else {
+                format!("{prefix}{path}: {}", e.into_inner())
+            })
+        })?;
+        let job = spec
+            .into_job(now)
+            .map_err(|e| ApiError::invalid(format!("{prefix}{e}")))?;
+        jobs.push(job);
+    }
+    // Subscribe before enqueueing, so that no outcome is missed.
+    let mut events = wait.map(|_| host.subscribe());
+    let out = host.enqueue(jobs).await?;
+    let mut all_final = true;
+    let mut answers: Vec<Enqueued> = out
+        .iter()
+        .map(|e| Enqueued {
+            id: e.id,
+            created: e.created,
+            job: None,
+        })
+        .collect();
+    if let (Some(wait), Some(events)) = (wait, events.as_mut()) {
+        let deadline = tokio::time::Instant::now() + wait;
+        let store = host.store();
+        for a in &mut answers {
+            let mut job = store.job(a.id).await?;
+            while !job.as_ref().is_some_and(|j| j.state.is_final()) {
+                // Wait for this job's next change, then look again (an
+                // event may also have been missed: the store decides).
+                let id = a.id;
+                let changed = tokio::time::timeout_at(deadline, async {
+                    loop {
+                        match events.recv().await {
+                            Ok(ev) if ev.id == id => break,
+                            Ok(_) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                                std::future::pending::<()>().await
+                            }
+                        }
+                    }
+                })
+                .await;
+                job = store.job(a.id).await?;
+                if changed.is_err() {
+                    break;
+                }
+            }
+            all_final &= job.as_ref().is_some_and(|j| j.state.is_final());
+            a.job = job;
+        }
+    }
+    let status = if wait.is_some() {
+        if all_final {
+            StatusCode::OK
+        } else {
+            StatusCode::ACCEPTED
+        }
+    } else if single && answers[0].created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(if single {
+        let one = answers.pop().expect("one job");
+        (status, Json(one)).into_response()
+    } else {
+        (status, Json(answers)).into_response()
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    state: Option<String>,
+    kind: Option<String>,
+    queue: Option<String>,
+    concurrency_key: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A page of jobs, newest first.
+#[derive(Debug, Serialize)]
+pub struct JobPage {
+    jobs: Vec<JobRecord>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/jobs`.
+pub async fn list(
+    State(state): State<Arc<ApiState>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<JobPage>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit: must be between 1 and 1000"));
+    }
+    let filter = JobFilter {
+        state: q
+            .state
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: String| ApiError::invalid(format!("state: {e}")))?,
+        kind: q.kind,
+        queue: q.queue,
+        concurrency_key: q.concurrency_key,
+        before: q
+            .cursor
+            .as_deref()
+            .map(|c| {
+                c.parse::<JobId>()
+                    .ok()
+                    .filter(|id| *id > 0)
+                    .ok_or_else(|| ApiError::invalid(format!("cursor: invalid cursor {c:?}")))
+            })
+            .transpose()?,
+        // One more than asked: whether there is a next page.
+        limit: Some(limit + 1),
+    };
+    let mut jobs = state.host.store().list_jobs(filter).await?;
+    let more = jobs.len() > limit as usize;
+    jobs.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| jobs.last().map(|j| j.id.to_string()))
+        .flatten();
+    Ok(Json(JobPage { jobs, next_cursor }))
+}
+
+/// Parses a job id from the path.
+fn job_id(raw: &str) -> Result<JobId, ApiError> {
+    raw.parse::<JobId>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "invalid job id {raw:?}: expected a positive integer"
+            ))
+        })
+}
+
+/// `GET /api/jobs/{id}`: the job with its attempts.
+pub async fn show(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Json<JobRecord>, ApiError> {
+    let id = job_id(&id)?;
+    state
+        .host
+        .store()
+        .job(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))
+}
+
+/// A job's new state after an operator's action.
+#[derive(Debug, Serialize)]
+pub struct Moved {
+    id: JobId,
+    state: JobState,
+}
+
+/// `POST /api/jobs/{id}/retry`.
+pub async fn retry(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Moved>, ApiError> {
+    let id = job_id(&id)?;
+    let host = &state.host;
+    let new = host.store().retry_job(id, host.clock().now()).await?;
+    host.wake_producer();
+    announce(&state, id).await;
+    Ok(Json(Moved { id, state: new }))
+}
+
+/// `POST /api/jobs/{id}/cancel`.
+pub async fn cancel(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Moved>, ApiError> {
+    let id = job_id(&id)?;
+    let host = &state.host;
+    let new = host.store().cancel_job(id, host.clock().now()).await?;
+    announce(&state, id).await;
+    Ok(Json(Moved { id, state: new }))
+}
+
+/// Publishes a job's state after an operator's action.
+async fn announce(state: &ApiState, id: JobId) {
+    if let Ok(Some(j)) = state.host.store().job(id).await {
+        state
+            .host
+            .publish(j.id, &j.kind, j.state, j.attempt, j.epoch, None);
+    }
+}
+
+/// The filter of a bulk action, and how many jobs it may act on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRequest {
+    state: Option<JobState>,
+    kind: Option<String>,
+    queue: Option<String>,
+    concurrency_key: Option<String>,
+    /// At most this many (default 1000, at most 10000).
+    limit: Option<u32>,
+}
+
+/// What a bulk action did.
+#[derive(Debug, Serialize)]
+pub struct BulkResult {
+    /// How many jobs it moved.
+    count: usize,
+    /// Whether more jobs match than it was allowed to act on: call again.
+    more: bool,
+}
+
+/// `POST /api/jobs/retry`: retries every matching job that can be.
+pub async fn retry_many(
+    State(state): State<Arc<ApiState>>,
+    ApiJson(req): ApiJson<BulkRequest>,
+) -> Result<Json<BulkResult>, ApiError> {
+    bulk(&state, req, true).await
+}
+
+/// `POST /api/jobs/cancel`: cancels every matching job that can be.
+pub async fn cancel_many(
+    State(state): State<Arc<ApiState>>,
+    ApiJson(req): ApiJson<BulkRequest>,
+) -> Result<Json<BulkResult>, ApiError> {
+    bulk(&state, req, false).await
+}
+
+async fn bulk(
+    state: &ApiState,
+    req: BulkRequest,
+    retry: bool,
+) -> Result<Json<BulkResult>, ApiError> {
+    let limit = req.limit.unwrap_or(1000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::invalid("limit: must be between 1 and 10000"));
+    }
+    let filter = JobFilter {
+        state: req.state,
+        kind: req.kind,
+        queue: req.queue,
+        concurrency_key: req.concurrency_key,
+        before: None,
+        limit: None,
+    };
+    let host = &state.host;
+    let now = host.clock().now();
+    let done = if retry {
+        host.store().retry_jobs(filter, limit, now).await?
+    } else {
+        host.store().cancel_jobs(filter, limit, now).await?
+    };
+    for (id, kind, new) in &done.changed {
+        host.publish(*id, kind, *new, 0, 0, None);
+    }
+    if retry && !done.changed.is_empty() {
+        host.wake_producer();
+    }
+    Ok(Json(BulkResult {
+        count: done.changed.len(),
+        more: done.more,
+    }))
+}

@@ -29,8 +29,12 @@ pub async fn apply_schedules(
 ) -> Result<ApplyReport, AdminError> {
     for def in defs {
         let mut job = def.template_job();
-        crate::enqueue::prepare(&mut job, config.plugin(&def.job.kind))
-            .map_err(|e| AdminError::Invalid(format!("schedule {:?}: {e}", def.id)))?;
+        crate::enqueue::prepare(
+            &mut job,
+            config.plugin(&def.job.kind),
+            &config.outbox.callback_allow,
+        )
+        .map_err(|e| AdminError::Invalid(format!("schedule {:?}: {e}", def.id)))?;
     }
     let upserts = defs.iter().map(|d| ScheduleUpsert::new(d, now)).collect();
     Ok(store.apply_schedules(upserts, prune, now).await?)
@@ -74,7 +78,11 @@ pub async fn trigger_schedule(
 ) -> Result<Enqueued, AdminError> {
     let (_, def) = schedule(store, id).await?;
     let mut job = def.template_job();
-    crate::enqueue::prepare(&mut job, config.plugin(&def.job.kind))
-        .map_err(|e| AdminError::Invalid(e.to_string()))?;
+    crate::enqueue::prepare(
+        &mut job,
+        config.plugin(&def.job.kind),
+        &config.outbox.callback_allow,
+    )
+    .map_err(|e| AdminError::Invalid(e.to_string()))?;
     Ok(store.trigger_schedule(id.to_owned(), job, now).await?)
 }

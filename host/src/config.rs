@@ -277,6 +277,11 @@ fn outbox_config(raw: RawOutbox) -> anyhow::Result<OutboxConfig> {
         }
         o.retry.jitter = j;
     }
+    for (i, rule) in raw.callback_allow.iter().flatten().enumerate() {
+        let parsed = HttpRule::parse(&rule.url, rule.methods.clone())
+            .map_err(|e| anyhow::anyhow!("outbox.callback_allow[{i}]: {e}"))?;
+        o.callback_allow.push(parsed);
+    }
     for (topic, sink) in raw.sinks.unwrap_or_default() {
         if topic == crate::outbox::CALLBACK_TOPIC {
             bail!("outbox.sinks.{topic}: the topic is reserved for completion callbacks");
@@ -629,6 +634,7 @@ pub struct RawOutbox {
     pub backoff_max: Option<String>,
     pub backoff_jitter: Option<f64>,
     pub sinks: Option<BTreeMap<String, RawSink>>,
+    pub callback_allow: Option<Vec<RawHttpRule>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,3 +1,5 @@
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -10,10 +12,20 @@ fn main() -> std::process::ExitCode {
         _ => "warn",
     };
     let filter = EnvFilter::try_from_env("JOBBOX_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.global.log_format {
+        // One JSON object per line, with the attempt's span fields (job id,
+        // kind, attempt, epoch) on every line logged within it.
+        jobbox::cli::LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        // Colours only for a terminal: a redirected log stays plain text.
+        jobbox::cli::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -27,6 +39,8 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(jobbox::cli::main(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader of our output went away (`| head -1`): stop quietly.
+        Err(e) if jobbox::cli::is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

@@ -179,6 +179,9 @@ pub struct Metrics {
     pub relay_partial_iterations: AtomicU64,
     pub events_delivered: AtomicU64,
     pub events_retried: AtomicU64,
+    /// Deliveries sent but not answered in time (retried; the receiver may
+    /// have them): counted apart from plain failures.
+    pub events_unknown: AtomicU64,
     /// Events that failed for good (refused, or attempts used up).
     pub events_failed: AtomicU64,
     /// Jobs inserted by schedules' fires.
@@ -223,6 +226,8 @@ pub struct RelaySummary {
     pub due: u32,
     pub delivered: u32,
     pub retried: u32,
+    /// Sent, not answered in time (also counted in `retried` or `failed`).
+    pub unknown: u32,
     pub failed: u32,
     /// `ok`, `partial` (some failed) or `failed` (all failed).
     pub outcome: &'static str,
@@ -318,6 +323,7 @@ impl Metrics {
             relay_partial_iterations: load(&self.relay_partial_iterations),
             events_delivered: load(&self.events_delivered),
             events_retried: load(&self.events_retried),
+            events_unknown: load(&self.events_unknown),
             events_failed: load(&self.events_failed),
             schedule_fires: load(&self.schedule_fires),
             schedule_missed: load(&self.schedule_missed),
@@ -357,6 +363,7 @@ pub struct MetricsSnapshot {
     pub relay_partial_iterations: u64,
     pub events_delivered: u64,
     pub events_retried: u64,
+    pub events_unknown: u64,
     pub events_failed: u64,
     pub schedule_fires: u64,
     pub schedule_missed: u64,

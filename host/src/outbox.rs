@@ -128,6 +128,10 @@ pub enum Verdict {
     },
     /// Worth trying again later.
     Transient(String),
+    /// Sent, but no answer came before the timeout: the receiver may or may
+    /// not have it. Tried again (the same bytes and key), and counted
+    /// apart from plain failures.
+    Unknown(String),
     /// Will never be accepted: record it and stop.
     Permanent(String),
 }
@@ -161,6 +165,12 @@ pub struct OutboxConfig {
     pub retry: crate::policy::RetryPolicy,
     /// Topic → webhook URL.
     pub sinks: std::collections::BTreeMap<String, String>,
+    /// Where completion callbacks may go. Callback URLs come from whoever
+    /// enqueues (an API client, say): with rules, only the destinations
+    /// they name; without, any destination but an internal one (loopback,
+    /// private, link-local), so that no client can make the host POST into
+    /// its own network.
+    pub callback_allow: Vec<crate::sandbox::HttpRule>,
 }
 
 impl Default for OutboxConfig {
@@ -177,6 +187,7 @@ impl Default for OutboxConfig {
                 jitter: 0.1,
             },
             sinks: Default::default(),
+            callback_allow: Vec::new(),
         }
     }
 }
@@ -188,6 +199,45 @@ impl Default for OutboxConfig {
 pub struct Backlog {
     pending: std::sync::atomic::AtomicU64,
     max: u64,
+}
+
+/// Whether a completion callback may go to `url`: a rule of
+/// `callback_allow` names it, or there is no rule and its host is not an
+/// internal address. (A name is checked again when it is resolved, at
+/// delivery: see [`callback_may_reach_internal`].)
+pub fn check_callback(url: &str, allow: &[crate::sandbox::HttpRule]) -> Result<(), String> {
+    let target = crate::sandbox::HttpRule::parse(url, None)?;
+    if allow
+        .iter()
+        .any(|r| r.allows(&target.scheme, &target.host, target.port, "POST"))
+    {
+        return Ok(());
+    }
+    if !allow.is_empty() {
+        return Err(format!("{url:?} is not allowed by outbox.callback_allow"));
+    }
+    let internal = target.host == "localhost"
+        || target.host.ends_with(".localhost")
+        || target
+            .host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(crate::sandbox::internal_address);
+    if internal {
+        return Err(format!(
+            "{url:?} is an internal address (loopback, private or link-local): refused unless outbox.callback_allow names it"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a callback to `url` may reach an internal address: only if a
+/// `callback_allow` rule names it.
+pub fn callback_may_reach_internal(url: &str, allow: &[crate::sandbox::HttpRule]) -> bool {
+    crate::sandbox::HttpRule::parse(url, None).is_ok_and(|t| {
+        allow
+            .iter()
+            .any(|r| r.allows(&t.scheme, &t.host, t.port, "POST"))
+    })
 }
 
 impl Backlog {

@@ -14,9 +14,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
-    /// The timestamp `d` after this one (saturating).
+    /// The latest time jobbox represents, 9999-12-31T23:59:59.999Z (RFC 3339
+    /// has four-digit years): "never", for practical purposes.
+    pub const MAX: Timestamp = Timestamp(253_402_300_799_999);
+
+    /// The timestamp `d` after this one, saturating at [`Timestamp::MAX`].
     pub fn plus(self, d: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_add(duration_ms(d)))
+        Timestamp(self.0.saturating_add(duration_ms(d)).min(Self::MAX.0))
     }
 
     /// The time from `earlier` to `self`, zero if `earlier` is later.
@@ -39,12 +43,15 @@ impl Timestamp {
             .duration_since(UNIX_EPOCH)
             .map_err(|_| format!("timestamp {s:?} is before 1970"))?
             .as_millis();
-        Ok(Timestamp(ms as i64))
+        match i64::try_from(ms) {
+            Ok(ms) if ms <= Self::MAX.0 => Ok(Timestamp(ms)),
+            _ => Err(format!("timestamp {s:?} is after the year 9999")),
+        }
     }
 
-    /// This timestamp as a `SystemTime`.
+    /// This timestamp as a `SystemTime` (within 1970 to [`Timestamp::MAX`]).
     pub fn to_system_time(self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.0.max(0) as u64)
+        UNIX_EPOCH + Duration::from_millis(self.0.clamp(0, Self::MAX.0) as u64)
     }
 }
 
@@ -114,5 +121,23 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
         Timestamp(self.now.load(Ordering::SeqCst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_stay_within_four_digit_years() {
+        let far = Timestamp(0).plus(Duration::from_secs(u64::MAX));
+        assert_eq!(far, Timestamp::MAX);
+        assert_eq!(far.to_string(), "9999-12-31T23:59:59.999Z");
+        assert_eq!(Timestamp(i64::MAX).to_string(), "9999-12-31T23:59:59.999Z");
+        assert_eq!(
+            Timestamp::parse_rfc3339("9999-12-31T23:59:59.999Z"),
+            Ok(Timestamp::MAX)
+        );
+        assert!(Timestamp::parse_rfc3339("1969-12-31T23:59:59Z").is_err());
     }
 }

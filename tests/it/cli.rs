@@ -372,7 +372,33 @@ fn outbox_commands_and_callback_validation() {
         e.contains("--callback") && e.contains("not http or https"),
         "{e}"
     );
+    // Callback URLs come from whoever enqueues: an internal address is
+    // refused unless `[outbox] callback_allow` names it.
+    for internal in [
+        "http://127.0.0.1:9/cb",
+        "http://localhost/cb",
+        "http://10.1.2.3/cb",
+        "http://169.254.169.254/latest",
+        "http://[::1]:80/cb",
+    ] {
+        let e = env.enqueue_fails(&["--callback", internal]);
+        assert!(e.contains("internal address"), "{internal}: {e}");
+    }
     let id = env.ok(&[
+        "enqueue",
+        "echo",
+        "--payload",
+        "{}",
+        "--callback",
+        "https://hooks.example.com/cb",
+        "--json",
+    ]);
+    assert!(id.contains("\"created\":true"));
+    let allowed = Env::new(
+        &["echo"],
+        "[outbox]\ncallback_allow = [{ url = \"http://127.0.0.1:9\" }]\n",
+    );
+    let id = allowed.ok(&[
         "enqueue",
         "echo",
         "--payload",
@@ -382,6 +408,9 @@ fn outbox_commands_and_callback_validation() {
         "--json",
     ]);
     assert!(id.contains("\"created\":true"));
+    // With rules, only what they name.
+    let e = allowed.enqueue_fails(&["--callback", "https://hooks.example.com/cb"]);
+    assert!(e.contains("not allowed by outbox.callback_allow"), "{e}");
     // A capability for a topic without a sink is a config error naming it.
     let e = env.config_error("[plugins.echo]\noutbox_topics = [\"nowhere\"]\n");
     assert!(

@@ -4,8 +4,10 @@
 //! binary, against real SQLite files in temporary directories and the real
 //! plugins built from `plugins/` by `tests/build.rs`.
 
+mod api;
 mod binary;
 mod cli;
+mod faulty;
 mod http;
 mod kv;
 mod limits;

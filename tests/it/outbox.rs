@@ -385,7 +385,10 @@ async fn completion_callbacks_carry_the_result_with_a_stable_key() {
     .await;
     let h = Harness::new(
         &["echo", "fail"],
-        &format!("{FAST_RELAY}[plugins.fail]\nmax_attempts = 1\n"),
+        &format!(
+            "{FAST_RELAY}callback_allow = [{{ url = \"{}\" }}]\n[plugins.fail]\nmax_attempts = 1\n",
+            server.url("")
+        ),
     );
     let running = h.start();
     let mut ok = job("echo", r#"{"hello":"callback"}"#);

@@ -6,68 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiJson, ApiState};
-use crate::job::{JobFilter, JobId, JobRecord, JobState, NewJob, canonical_json};
-use crate::time::Timestamp;
-
-/// A job as a client submits it.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobSpec {
-    kind: String,
-    /// Any JSON; `{}` if left out.
-    #[serde(default)]
-    payload: Option<serde_json::Value>,
-    queue: Option<String>,
-    priority: Option<i32>,
-    idempotency_key: Option<String>,
-    /// Not before this time (RFC 3339).
-    run_at: Option<String>,
-    /// Not before this long from now (e.g. "30s").
-    delay: Option<String>,
-    max_attempts: Option<u32>,
-    callback_url: Option<String>,
-    concurrency_key: Option<String>,
-    concurrency_limit: Option<u32>,
-}
-
-impl JobSpec {
-    fn into_job(self, now: Timestamp) -> Result<NewJob, String> {
-        let payload = self
-            .payload
-            .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
-        let run_at = match (&self.run_at, &self.delay) {
-            (Some(_), Some(_)) => return Err("give either run_at or delay, not both".into()),
-            (Some(t), None) => {
-                Some(Timestamp::parse_rfc3339(t).map_err(|e| format!("run_at: {e}"))?)
-            }
-            (None, Some(d)) => {
-                Some(now.plus(crate::time::parse_duration(d).map_err(|e| format!("delay: {e}"))?))
-            }
-            (None, None) => None,
-        };
-        Ok(NewJob {
-            kind: self.kind,
-            queue: self
-                .queue
-                .unwrap_or_else(|| crate::job::DEFAULT_QUEUE.to_owned()),
-            payload: canonical_json(&payload.to_string())?,
-            idempotency_key: self.idempotency_key,
-            priority: self.priority.unwrap_or(0),
-            run_at,
-            max_attempts: self.max_attempts,
-            callback_url: self.callback_url,
-            concurrency_key: self.concurrency_key,
-            concurrency_limit: self.concurrency_limit,
-            schedule_id: None,
-        })
-    }
-}
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiState};
+use crate::enqueue::JobSpec;
+use crate::job::{JobFilter, JobId, JobRecord, JobState};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,7 +43,7 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 /// 200 once every job is final, 202 if the wait ran out first.
 pub async fn enqueue(
     State(state): State<Arc<ApiState>>,
-    Query(q): Query<EnqueueQuery>,
+    ApiQuery(q): ApiQuery<EnqueueQuery>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let wait = q
@@ -138,10 +84,18 @@ pub async fn enqueue(
                 format!("{prefix}{path}: {}", e.into_inner())
             })
         })?;
-        let job = spec
+        let mut job = spec
             .into_job(now)
             .map_err(|e| ApiError::invalid(format!("{prefix}{e}")))?;
+        let settings = host.settings(&job.kind.clone());
+        crate::enqueue::prepare(&mut job, settings, &host.config().outbox.callback_allow)
+            .map_err(|e| ApiError::invalid(format!("{prefix}{e}")))?;
         jobs.push(job);
+    }
+    if let Some((a, b)) = crate::enqueue::key_clash(&jobs) {
+        return Err(ApiError::invalid(format!(
+            "[{b}].idempotency_key: the same key as [{a}], for a different job"
+        )));
     }
     // Subscribe before enqueueing, so that no outcome is missed.
     let mut events = wait.map(|_| host.subscribe());
@@ -229,7 +183,7 @@ pub struct JobPage {
 /// `GET /api/jobs`.
 pub async fn list(
     State(state): State<Arc<ApiState>>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<JobPage>, ApiError> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -282,7 +236,7 @@ fn job_id(raw: &str) -> Result<JobId, ApiError> {
 /// `GET /api/jobs/{id}`: the job with its attempts.
 pub async fn show(
     State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobRecord>, ApiError> {
     let id = job_id(&id)?;
     state
@@ -304,7 +258,7 @@ pub struct Moved {
 /// `POST /api/jobs/{id}/retry`.
 pub async fn retry(
     State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Moved>, ApiError> {
     let id = job_id(&id)?;
     let host = &state.host;
@@ -317,7 +271,7 @@ pub async fn retry(
 /// `POST /api/jobs/{id}/cancel`.
 pub async fn cancel(
     State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Moved>, ApiError> {
     let id = job_id(&id)?;
     let host = &state.host;

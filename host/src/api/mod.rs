@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 
 use crate::executor::Host;
 
-pub use error::{ApiError, ApiJson};
+pub use error::{ApiError, ApiJson, ApiPath, ApiQuery};
 
 /// Settings of the admin API (`[api]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -201,7 +201,7 @@ async fn guard(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> 
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer)
             .map(sha256);
         let ok = presented.is_some_and(|p| {
             use subtle::ConstantTimeEq;
@@ -224,8 +224,11 @@ async fn guard(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> 
         ));
     }
     // Long polls answer when they are done: their own wait bounds them.
-    let long =
-        req.uri().path() == "/api/events" || req.uri().query().is_some_and(|q| q.contains("wait="));
+    let path = req.uri().path();
+    let long = path == "/api/events"
+        || (path == "/api/jobs"
+            && req.method() == Method::POST
+            && req.uri().query().is_some_and(|q| q.contains("wait=")));
     if long {
         return next.run(req).await;
     }
@@ -237,6 +240,15 @@ async fn guard(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> 
             "the request took longer than api.request_timeout",
         )),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme is
+/// case-insensitive, as HTTP's are).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets the

@@ -264,11 +264,12 @@ impl Collector for HostCollector {
         counters(
             e,
             "outbox_deliveries",
-            "Outbox delivery attempts, by result (delivered, retried, failed)",
+            "Outbox delivery attempts, by result (delivered, retried, failed; unknown: sent, no answer in time, also counted as retried or failed)",
             "result",
             &[
                 ("delivered", m.events_delivered),
                 ("retried", m.events_retried),
+                ("unknown", m.events_unknown),
                 ("failed", m.events_failed),
             ],
         )?;

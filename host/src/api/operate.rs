@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
 use super::schedules::{PauseRequest, Toggled};
-use super::{ApiError, ApiJson, ApiState};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiState};
 use crate::health::HostRecord;
 use crate::outbox::{EventRecord, EventState};
 use crate::plugins::{PluginSettings, Rejected, validate_kind};
@@ -120,7 +120,7 @@ async fn set_pause(
 /// `POST /api/plugins/{kind}/pause`.
 pub async fn pause_kind(
     State(state): State<Arc<ApiState>>,
-    Path(kind): Path<String>,
+    ApiPath(kind): ApiPath<String>,
     ApiJson(req): ApiJson<PauseRequest>,
 ) -> Result<Json<Toggled>, ApiError> {
     set_pause(&state, PauseScope::Kind, kind_of(&kind)?, Some(req.note)).await
@@ -129,7 +129,7 @@ pub async fn pause_kind(
 /// `POST /api/plugins/{kind}/resume`.
 pub async fn resume_kind(
     State(state): State<Arc<ApiState>>,
-    Path(kind): Path<String>,
+    ApiPath(kind): ApiPath<String>,
 ) -> Result<Json<Toggled>, ApiError> {
     set_pause(&state, PauseScope::Kind, kind_of(&kind)?, None).await
 }
@@ -145,7 +145,7 @@ pub struct Reset {
 /// `POST /api/plugins/{kind}/breaker/reset`.
 pub async fn reset_breaker(
     State(state): State<Arc<ApiState>>,
-    Path(kind): Path<String>,
+    ApiPath(kind): ApiPath<String>,
 ) -> Result<Json<Reset>, ApiError> {
     let kind = kind_of(&kind)?;
     let host = &state.host;
@@ -167,7 +167,7 @@ pub async fn queues(State(state): State<Arc<ApiState>>) -> Result<Json<Vec<Queue
 /// `POST /api/queues/{queue}/pause`.
 pub async fn pause_queue(
     State(state): State<Arc<ApiState>>,
-    Path(queue): Path<String>,
+    ApiPath(queue): ApiPath<String>,
     ApiJson(req): ApiJson<PauseRequest>,
 ) -> Result<Json<Toggled>, ApiError> {
     set_pause(&state, PauseScope::Queue, queue_of(&queue)?, Some(req.note)).await
@@ -176,7 +176,7 @@ pub async fn pause_queue(
 /// `POST /api/queues/{queue}/resume`.
 pub async fn resume_queue(
     State(state): State<Arc<ApiState>>,
-    Path(queue): Path<String>,
+    ApiPath(queue): ApiPath<String>,
 ) -> Result<Json<Toggled>, ApiError> {
     set_pause(&state, PauseScope::Queue, queue_of(&queue)?, None).await
 }
@@ -192,7 +192,7 @@ pub struct OutboxQuery {
 /// `GET /api/outbox`: events, newest first.
 pub async fn outbox(
     State(state): State<Arc<ApiState>>,
-    Query(q): Query<OutboxQuery>,
+    ApiQuery(q): ApiQuery<OutboxQuery>,
 ) -> Result<Json<Vec<EventRecord>>, ApiError> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -217,7 +217,7 @@ pub struct EventRetried {
 /// `POST /api/outbox/{id}/retry`: failed → pending, the same body and key.
 pub async fn retry_event(
     State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<EventRetried>, ApiError> {
     let id = id.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
         ApiError::invalid(format!(

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiJson, ApiState};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiState};
 use crate::admin;
 use crate::job::JobId;
 use crate::schedule::{RawSchedule, ScheduleRecord, rfc3339, validate_id};
@@ -53,8 +53,8 @@ fn id_of(raw: &str) -> Result<String, ApiError> {
 /// `GET /api/schedules/{id}`.
 pub async fn show(
     State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
-    Query(q): Query<ShowQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ShowQuery>,
 ) -> Result<Json<ScheduleView>, ApiError> {
     let id = id_of(&id)?;
     let n = q.next.unwrap_or(5);
@@ -93,7 +93,7 @@ pub struct Upserted {
 /// path's. 201 if created, 200 otherwise.
 pub async fn upsert(
     State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let id = id_of(&id)?;
@@ -146,7 +146,7 @@ pub async fn upsert(
 /// `DELETE /api/schedules/{id}`: 204; the schedule's jobs stay.
 pub async fn delete(
     State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = id_of(&id)?;
     state.host.store().delete_schedule(id).await?;
@@ -171,7 +171,7 @@ pub struct Toggled {
 /// `POST /api/schedules/{id}/pause`.
 pub async fn pause(
     State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<PauseRequest>,
 ) -> Result<Json<Toggled>, ApiError> {
     let id = id_of(&id)?;
@@ -189,7 +189,7 @@ pub async fn pause(
 /// `POST /api/schedules/{id}/resume`: the next fire is computed from now.
 pub async fn resume(
     State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Toggled>, ApiError> {
     let id = id_of(&id)?;
     let host = &state.host;
@@ -211,7 +211,7 @@ pub struct Triggered {
 /// `POST /api/schedules/{id}/trigger`: fires now, outside the cadence.
 pub async fn trigger(
     State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<Triggered>), ApiError> {
     let id = id_of(&id)?;
     let host = &state.host;

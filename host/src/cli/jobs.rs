@@ -34,9 +34,42 @@ pub enum JobsCommand {
     Retry { id: JobId },
     /// Cancel a job that has not finished (a running attempt is fenced out).
     Cancel { id: JobId },
+    /// Follow job state changes on the running host as they happen (asks
+    /// its API's event stream) until interrupted.
+    Watch {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn main(config: &Config, cmd: JobsCommand) -> anyhow::Result<()> {
+    if let JobsCommand::Watch { json } = cmd {
+        return super::remote::events(config, "/api/events", |name, data| {
+            if json {
+                outln!("{data}")?;
+            } else if name == "lagged" {
+                outln!("... missed some events: {data}")?;
+            } else {
+                let e: serde_json::Value = serde_json::from_str(data)?;
+                outln!(
+                    "{}  job {:>8} {:<16} {:<10} attempt {} epoch {}{}",
+                    e["at"].as_str().unwrap_or(""),
+                    e["id"],
+                    e["kind"].as_str().unwrap_or(""),
+                    e["state"].as_str().unwrap_or(""),
+                    e["attempt"],
+                    e["epoch"],
+                    e["outcome"]
+                        .as_str()
+                        .map(|o| format!("  ({o})"))
+                        .unwrap_or_default()
+                )?;
+            }
+            Ok(())
+        })
+        .await;
+    }
     let store = super::open_store(config)?;
     let result = run(store.as_ref(), cmd).await;
     store.close().await?;
@@ -64,14 +97,18 @@ async fn run(store: &dyn Store, cmd: JobsCommand) -> anyhow::Result<()> {
                 })
                 .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&jobs)?);
+                outln!("{}", serde_json::to_string_pretty(&jobs)?)?;
             } else {
-                println!(
+                outln!(
                     "{:>8}  {:<10} {:<16} {:>7}  {:<24}  error",
-                    "id", "state", "kind", "attempt", "run_at"
-                );
+                    "id",
+                    "state",
+                    "kind",
+                    "attempt",
+                    "run_at"
+                )?;
                 for j in &jobs {
-                    println!(
+                    outln!(
                         "{:>8}  {:<10} {:<16} {:>3}/{:<3}  {:<24}  {}",
                         j.id,
                         j.state,
@@ -80,63 +117,64 @@ async fn run(store: &dyn Store, cmd: JobsCommand) -> anyhow::Result<()> {
                         j.max_attempts,
                         j.run_at.to_string(),
                         j.error.as_deref().unwrap_or("")
-                    );
+                    )?;
                 }
             }
         }
         JobsCommand::Show { id, json } => {
             let job = store.job(id).await?.ok_or(StoreError::NotFound(id))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&job)?);
+                outln!("{}", serde_json::to_string_pretty(&job)?)?;
             } else {
-                print_job(&job);
+                print_job(&job)?;
             }
         }
         JobsCommand::Retry { id } => {
             let state = store.retry_job(id, SystemClock.now()).await?;
-            println!("job {id} is now {state}");
+            outln!("job {id} is now {state}")?;
         }
+        JobsCommand::Watch { .. } => unreachable!("handled above"),
         JobsCommand::Cancel { id } => {
             let state = store.cancel_job(id, SystemClock.now()).await?;
-            println!("job {id} is now {state}");
+            outln!("job {id} is now {state}")?;
         }
     }
     Ok(())
 }
 
-fn print_job(j: &JobRecord) {
-    println!("job {} ({}) on queue {}", j.id, j.kind, j.queue);
-    println!("  state:           {}", j.state);
-    println!("  attempt:         {} of {}", j.attempt, j.max_attempts);
-    println!("  epoch:           {}", j.epoch);
-    println!("  idempotency key: {}", j.idempotency_key);
-    println!("  priority:        {}", j.priority);
+fn print_job(j: &JobRecord) -> std::io::Result<()> {
+    outln!("job {} ({}) on queue {}", j.id, j.kind, j.queue)?;
+    outln!("  state:           {}", j.state)?;
+    outln!("  attempt:         {} of {}", j.attempt, j.max_attempts)?;
+    outln!("  epoch:           {}", j.epoch)?;
+    outln!("  idempotency key: {}", j.idempotency_key)?;
+    outln!("  priority:        {}", j.priority)?;
     if let Some(key) = &j.concurrency_key {
-        println!(
+        outln!(
             "  concurrency key: {key} (at most {} running)",
             j.concurrency_limit.unwrap_or(1)
-        );
+        )?;
     }
     if j.conflicts > 0 {
-        println!("  kv conflicts:    {} (attempts given back)", j.conflicts);
+        outln!("  kv conflicts:    {} (attempts given back)", j.conflicts)?;
     }
     if let Some(s) = &j.schedule_id {
-        println!("  schedule:        {s}");
+        outln!("  schedule:        {s}")?;
     }
-    println!("  created at:      {}", j.created_at);
-    println!("  run at:          {}", j.run_at);
+    outln!("  created at:      {}", j.created_at)?;
+    outln!("  run at:          {}", j.run_at)?;
     if let Some(t) = j.finalized_at {
-        println!("  finalized at:    {t}");
+        outln!("  finalized at:    {t}")?;
     }
-    println!("  payload:         {}", j.payload);
+    outln!("  payload:         {}", j.payload)?;
     if let Some(o) = &j.output {
-        println!("  output:          {o}");
+        outln!("  output:          {o}")?;
     }
     if let Some(e) = &j.error {
-        println!("  error:           {e}");
+        outln!("  error:           {e}")?;
     }
     for a in &j.attempts {
-        println!(
+        outln!(
             "  attempt {} (epoch {}): {} in {} ms, fuel {}{}",
             a.attempt,
             a.epoch,
@@ -147,6 +185,7 @@ fn print_job(j: &JobRecord) {
                 .as_deref()
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default()
-        );
+        )?;
     }
+    Ok(())
 }

@@ -34,15 +34,20 @@ async fn run(store: &dyn Store, cmd: OutboxCommand) -> anyhow::Result<()> {
         OutboxCommand::List { state, limit, json } => {
             let events = store.list_events(state, limit).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&events)?);
+                outln!("{}", serde_json::to_string_pretty(&events)?)?;
                 return Ok(());
             }
-            println!(
+            outln!(
                 "{:>6}  {:<9} {:>8}  {:<20} {:>6}  {:<24}  last error / note",
-                "id", "state", "attempts", "topic", "job", "next attempt"
-            );
+                "id",
+                "state",
+                "attempts",
+                "topic",
+                "job",
+                "next attempt"
+            )?;
             for e in &events {
-                println!(
+                outln!(
                     "{:>6}  {:<9} {:>8}  {:<20} {:>6}  {:<24}  {}",
                     e.id,
                     e.state,
@@ -51,12 +56,12 @@ async fn run(store: &dyn Store, cmd: OutboxCommand) -> anyhow::Result<()> {
                     e.job_id,
                     e.next_attempt_at.to_string(),
                     e.last_error.as_deref().or(e.note.as_deref()).unwrap_or("")
-                );
+                )?;
             }
         }
         OutboxCommand::Retry { id } => {
             store.retry_event(id, SystemClock.now()).await?;
-            println!("event {id} is pending again");
+            outln!("event {id} is pending again")?;
         }
     }
     Ok(())

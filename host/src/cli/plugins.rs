@@ -89,9 +89,9 @@ pub async fn main(config: &Config, cmd: PluginsCommand) -> anyhow::Result<()> {
                     .pause(PauseScope::Kind, kind.clone(), note, SystemClock.now())
                     .await?;
                 if fresh {
-                    println!("kind {kind} paused: its jobs are not claimed until resumed");
+                    outln!("kind {kind} paused: its jobs are not claimed until resumed")?;
                 } else {
-                    println!("kind {kind} was already paused (note updated)");
+                    outln!("kind {kind} was already paused (note updated)")?;
                 }
                 Ok(())
             })
@@ -101,9 +101,9 @@ pub async fn main(config: &Config, cmd: PluginsCommand) -> anyhow::Result<()> {
             validate_kind(&kind).map_err(anyhow::Error::msg)?;
             super::with_store(config, |store| async move {
                 if store.resume(PauseScope::Kind, kind.clone()).await? {
-                    println!("kind {kind} resumed");
+                    outln!("kind {kind} resumed")?;
                 } else {
-                    println!("kind {kind} was not paused");
+                    outln!("kind {kind} was not paused")?;
                 }
                 Ok(())
             })
@@ -113,8 +113,8 @@ pub async fn main(config: &Config, cmd: PluginsCommand) -> anyhow::Result<()> {
             validate_kind(&kind).map_err(anyhow::Error::msg)?;
             super::with_store(config, |store| async move {
                 match store.reset_breaker(kind.clone(), SystemClock.now()).await? {
-                    Some(before) => println!("breaker of {kind} reset (was {before}); now closed"),
-                    None => println!("kind {kind} has no breaker state: it is closed"),
+                    Some(before) => outln!("breaker of {kind} reset (was {before}); now closed")?,
+                    None => outln!("kind {kind} has no breaker state: it is closed")?,
                 }
                 Ok(())
             })
@@ -211,28 +211,28 @@ async fn run_isolated(
         })).collect::<Vec<_>>(),
     });
     if json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
     } else {
-        println!("outcome:  {outcome}");
-        println!("fuel:     {}", report.fuel_used);
-        println!("elapsed:  {:.2} ms", report.elapsed.as_secs_f64() * 1000.0);
+        outln!("outcome:  {outcome}")?;
+        outln!("fuel:     {}", report.fuel_used)?;
+        outln!("elapsed:  {:.2} ms", report.elapsed.as_secs_f64() * 1000.0)?;
         match &report.result {
-            Ok(output) => println!("output:   {output}"),
-            Err(e) => println!("error:    {e}"),
+            Ok(output) => outln!("output:   {output}")?,
+            Err(e) => outln!("error:    {e}")?,
         }
         for (k, v) in &report.effects.kv_writes {
-            println!(
+            outln!(
                 "kv write: {k} = {}",
                 text(v).unwrap_or_else(|| "(deleted)".into())
-            );
+            )?;
         }
         for e in &report.effects.events {
-            println!(
+            outln!(
                 "event:    {} -> {} ({})",
                 e.topic,
                 e.url,
                 String::from_utf8_lossy(&e.body)
-            );
+            )?;
         }
     }
     if report.result.is_err() {
@@ -337,13 +337,13 @@ async fn plugins_list(config: &Config, store: &dyn Store, json: bool) -> anyhow:
             "breakers": breakers,
             "paused": pauses.iter().filter(|p| p.scope == PauseScope::Kind).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
         return Ok(());
     }
-    println!("plugins directory: {}", config.host.plugins_dir.display());
+    outln!("plugins directory: {}", config.host.plugins_dir.display())?;
     for (kind, p) in registry.loaded() {
         let s = &p.settings;
-        println!(
+        outln!(
             "  {kind:<16} fuel={} timeout={} memory={} concurrency={} max_attempts={} backoff={}..{}",
             s.limits.fuel,
             humantime::format_duration(s.limits.timeout),
@@ -352,34 +352,34 @@ async fn plugins_list(config: &Config, store: &dyn Store, json: bool) -> anyhow:
             s.retry.max_attempts,
             humantime::format_duration(s.retry.base),
             humantime::format_duration(s.retry.max),
-        );
-        println!(
+        )?;
+        outln!(
             "  {:<16} breaker: {}  rate: {}{}",
             "",
             breaker_text(s.breaker.is_some(), breaker(kind)),
             s.rate.map_or("unlimited".to_owned(), |r| r.to_string()),
             paused(kind).map(pause_text).unwrap_or_default()
-        );
+        )?;
     }
     for r in registry.rejected() {
-        println!("  rejected: {}", r.reason);
+        outln!("  rejected: {}", r.reason)?;
     }
     if registry.loaded().next().is_none() && registry.rejected().is_empty() {
-        println!("  (no plugins)");
+        outln!("  (no plugins)")?;
     }
     // Breakers and pauses of kinds with no plugin loaded here.
     for b in &breakers {
         if registry.get(&b.kind).is_none() {
-            println!(
+            outln!(
                 "  {:<16} (no plugin) breaker: {}",
                 b.kind,
                 breaker_text(true, Some(b))
-            );
+            )?;
         }
     }
     for p in &pauses {
         if p.scope == PauseScope::Kind && registry.get(&p.name).is_none() {
-            println!("  {:<16} (no plugin){}", p.name, pause_text(p));
+            outln!("  {:<16} (no plugin){}", p.name, pause_text(p))?;
         }
     }
     Ok(())

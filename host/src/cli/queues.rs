@@ -35,14 +35,14 @@ pub async fn main(config: &Config, cmd: QueuesCommand) -> anyhow::Result<()> {
             QueuesCommand::List { json } => {
                 let queues = store.queues(now).await?;
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&queues)?);
+                    outln!("{}", serde_json::to_string_pretty(&queues)?)?;
                     return Ok(());
                 }
                 if queues.is_empty() {
-                    println!("no queues yet (a queue appears with its first job)");
+                    outln!("no queues yet (a queue appears with its first job)")?;
                     return Ok(());
                 }
-                println!(
+                outln!(
                     "{:<16} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9}  {:<12}",
                     "queue",
                     "available",
@@ -52,10 +52,10 @@ pub async fn main(config: &Config, cmd: QueuesCommand) -> anyhow::Result<()> {
                     "discarded",
                     "cancelled",
                     "oldest due"
-                );
+                )?;
                 for q in &queues {
                     let c = &q.counts;
-                    println!(
+                    outln!(
                         "{:<16} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9}  {:<12}{}",
                         q.queue,
                         c.available,
@@ -76,7 +76,7 @@ pub async fn main(config: &Config, cmd: QueuesCommand) -> anyhow::Result<()> {
                             .as_ref()
                             .map(|p| format!("  PAUSED since {}: {}", p.paused_at, p.note))
                             .unwrap_or_default()
-                    );
+                    )?;
                 }
             }
             QueuesCommand::Pause { queue, note } => {
@@ -84,16 +84,16 @@ pub async fn main(config: &Config, cmd: QueuesCommand) -> anyhow::Result<()> {
                     .pause(PauseScope::Queue, queue.clone(), note, now)
                     .await?
                 {
-                    println!("queue {queue} paused: its jobs are not claimed until resumed");
+                    outln!("queue {queue} paused: its jobs are not claimed until resumed")?;
                 } else {
-                    println!("queue {queue} was already paused (note updated)");
+                    outln!("queue {queue} was already paused (note updated)")?;
                 }
             }
             QueuesCommand::Resume { queue } => {
                 if store.resume(PauseScope::Queue, queue.clone()).await? {
-                    println!("queue {queue} resumed");
+                    outln!("queue {queue} resumed")?;
                 } else {
-                    println!("queue {queue} was not paused");
+                    outln!("queue {queue} was not paused")?;
                 }
             }
         }

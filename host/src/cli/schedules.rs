@@ -82,16 +82,16 @@ async fn run(
             let defs = defs.unwrap_or_default();
             let report = admin::apply_schedules(store, config, &defs, prune, now).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?)?;
             } else if !report.changed() {
-                println!(
+                outln!(
                     "no changes: {} schedule{} already as in the file",
                     report.unchanged.len(),
                     if report.unchanged.len() == 1 { "" } else { "s" }
-                );
+                )?;
             } else {
                 for id in &report.created {
-                    println!("created   {id}");
+                    outln!("created   {id}")?;
                 }
                 for (id, cadence) in &report.updated {
                     let what = if *cadence {
@@ -99,33 +99,40 @@ async fn run(
                     } else {
                         "template changed: next fire kept"
                     };
-                    println!("updated   {id} ({what})");
+                    outln!("updated   {id} ({what})")?;
                 }
                 for id in &report.deleted {
-                    println!("deleted   {id}");
+                    outln!("deleted   {id}")?;
                 }
                 if !report.unchanged.is_empty() {
-                    println!("unchanged {}", report.unchanged.join(", "));
+                    outln!("unchanged {}", report.unchanged.join(", "))?;
                 }
             }
         }
         SchedulesCommand::List { json } => {
             let all = store.schedules().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&all)?);
+                outln!("{}", serde_json::to_string_pretty(&all)?)?;
                 return Ok(());
             }
             if all.is_empty() {
-                println!("no schedules (add some with `jobbox schedules apply --file F`)");
+                outln!("no schedules (add some with `jobbox schedules apply --file F`)")?;
                 return Ok(());
             }
-            println!(
+            outln!(
                 "{:<20} {:<28} {:<14} {:<22} {:<32} {:>6} {:>6} {:>7}",
-                "id", "cadence", "kind", "next fire", "last fire", "fired", "missed", "skipped"
-            );
+                "id",
+                "cadence",
+                "kind",
+                "next fire",
+                "last fire",
+                "fired",
+                "missed",
+                "skipped"
+            )?;
             for rec in &all {
                 let def = ScheduleDef::from_spec_json(&rec.spec).ok();
-                println!(
+                outln!(
                     "{:<20} {:<28} {:<14} {:<22} {:<32} {:>6} {:>6} {:>7}{}",
                     rec.id,
                     def.as_ref().map(cadence_text).unwrap_or_default(),
@@ -136,7 +143,7 @@ async fn run(
                     rec.missed,
                     rec.skipped,
                     pause_text(rec),
-                );
+                )?;
             }
         }
         SchedulesCommand::Show { id, next, json } => {
@@ -155,12 +162,12 @@ async fn run(
                     .iter()
                     .map(|t| serde_json::json!({"nominal": rfc3339(*t), "run_at": rfc3339(def.run_at(*t))}))
                     .collect::<Vec<_>>());
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                outln!("{}", serde_json::to_string_pretty(&value)?)?;
                 return Ok(());
             }
-            println!("schedule {}", rec.id);
-            println!("  cadence:    {}", cadence_text(&def));
-            println!(
+            outln!("schedule {}", rec.id)?;
+            outln!("  cadence:    {}", cadence_text(&def))?;
+            outln!(
                 "  job:        {} on queue {} (priority {}){}",
                 def.job.kind,
                 def.job.queue,
@@ -170,9 +177,9 @@ async fn run(
                     .as_ref()
                     .map(|k| format!(", concurrency key {k:?}"))
                     .unwrap_or_default()
-            );
-            println!("  payload:    {}", def.job.payload);
-            println!(
+            )?;
+            outln!("  payload:    {}", def.job.payload)?;
+            outln!(
                 "  policies:   misfire {}{}, overlap {}{}",
                 def.misfire,
                 if def.misfire == crate::schedule::Misfire::All {
@@ -184,66 +191,69 @@ async fn run(
                 def.jitter
                     .map(|j| format!(", jitter {}", humantime::format_duration(j)))
                     .unwrap_or_default()
-            );
+            )?;
             if rec.paused {
-                println!(
+                outln!(
                     "  paused:     since {} ({})",
                     rec.paused_at.map(rfc3339).unwrap_or_default(),
                     rec.pause_note.as_deref().unwrap_or("")
-                );
+                )?;
             }
-            println!("  last fire:  {}", last_text(&rec));
-            println!(
+            outln!("  last fire:  {}", last_text(&rec))?;
+            outln!(
                 "  counters:   {} fired, {} missed, {} skipped, {} triggered",
-                rec.fired, rec.missed, rec.skipped, rec.triggers
-            );
+                rec.fired,
+                rec.missed,
+                rec.skipped,
+                rec.triggers
+            )?;
             if let Some(b) = rec.buffered_at {
-                println!(
+                outln!(
                     "  buffered:   the fire of {} waits for the last job",
                     rfc3339(b)
-                );
+                )?;
             }
             if rec.next_fire_at.is_none() {
-                println!("  next fires: none (past end_at)");
+                outln!("  next fires: none (past end_at)")?;
             } else if upcoming.is_empty() {
-                println!("  next fire:  {}", next_text(&rec));
+                outln!("  next fire:  {}", next_text(&rec))?;
             } else {
-                println!("  next fires:");
+                outln!("  next fires:")?;
                 for t in upcoming {
                     let run = def.run_at(t);
                     if run == t {
-                        println!("    {}", rfc3339(t));
+                        outln!("    {}", rfc3339(t))?;
                     } else {
-                        println!("    {} (runs at {}, jitter)", rfc3339(t), rfc3339(run));
+                        outln!("    {} (runs at {}, jitter)", rfc3339(t), rfc3339(run))?;
                     }
                 }
             }
         }
         SchedulesCommand::Pause { id, note } => {
             if store.pause_schedule(id.clone(), note, now).await? {
-                println!("schedule {id} paused");
+                outln!("schedule {id} paused")?;
             } else {
-                println!("schedule {id} was already paused (note updated)");
+                outln!("schedule {id} was already paused (note updated)")?;
             }
         }
         SchedulesCommand::Resume { id } => {
             if admin::resume_schedule(store, &id, now).await? {
                 let rec = store.schedule(id.clone()).await?;
-                println!(
+                outln!(
                     "schedule {id} resumed; next fire {}",
                     rec.as_ref().map(next_text).unwrap_or_default()
-                );
+                )?;
             } else {
-                println!("schedule {id} was not paused");
+                outln!("schedule {id} was not paused")?;
             }
         }
         SchedulesCommand::Trigger { id } => {
             let job = admin::trigger_schedule(store, config, &id, now).await?;
-            println!("schedule {id} fired: job {}", job.id);
+            outln!("schedule {id} fired: job {}", job.id)?;
         }
         SchedulesCommand::Delete { id } => {
             store.delete_schedule(id.clone()).await?;
-            println!("schedule {id} deleted");
+            outln!("schedule {id} deleted")?;
         }
     }
     Ok(())

@@ -26,6 +26,7 @@ mod rescuer;
 mod retry;
 mod scheduler;
 
+pub use heartbeat::HEARTBEAT_EVERY;
 pub use scheduler::SchedulerStep;
 
 use std::collections::HashMap;
@@ -244,8 +245,12 @@ impl Host {
     /// written.
     pub async fn enqueue(&self, mut jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, StoreError> {
         for job in &mut jobs {
-            crate::enqueue::prepare(job, self.settings(&job.kind))
-                .map_err(|e| StoreError::InvalidJob(e.to_string()))?;
+            crate::enqueue::prepare(
+                job,
+                self.settings(&job.kind),
+                &self.config.outbox.callback_allow,
+            )
+            .map_err(|e| StoreError::InvalidJob(e.to_string()))?;
             if self.registry.get(&job.kind).is_none() {
                 tracing::warn!(kind = %job.kind, "enqueued a job of a kind with no plugin loaded");
             }
@@ -403,7 +408,19 @@ impl Host {
                                 None,
                             );
                             let cancel = self.track(&job);
-                            tasks.spawn(Arc::clone(self).run_attempt(job, cancel));
+                            // Every line logged within the attempt carries
+                            // its job (fields of the span).
+                            let span = tracing::info_span!(
+                                "attempt",
+                                job_id = job.id,
+                                kind = %job.kind,
+                                attempt = job.attempt,
+                                epoch = job.epoch
+                            );
+                            tasks.spawn(tracing::Instrument::instrument(
+                                Arc::clone(self).run_attempt(job, cancel),
+                                span,
+                            ));
                         }
                     }
                     Err(e) => {

@@ -85,9 +85,12 @@ impl Host {
         for event in events {
             let timeout = outbox.request_timeout;
             let instruments = self.metrics.instruments.clone();
+            // Sinks are the operator's; callbacks whoever enqueued gave.
+            let allow_internal = event.topic != crate::outbox::CALLBACK_TOPIC
+                || crate::outbox::callback_may_reach_internal(&event.url, &outbox.callback_allow);
             sends.spawn(async move {
                 let sent = std::time::Instant::now();
-                let verdict = deliver(&event, timeout).await;
+                let verdict = deliver(&event, timeout, allow_internal).await;
                 instruments.phase(crate::metrics::Phase::Delivery, sent.elapsed());
                 (event, verdict)
             });
@@ -98,12 +101,17 @@ impl Host {
                 continue;
             };
             let now = self.clock.now();
+            let unknown = matches!(verdict.0, Verdict::Unknown(_));
             let (delivery, status) = match verdict {
                 (Verdict::Delivered { note }, Some(status)) => {
                     (Delivery::Delivered { status, note }, Some(status))
                 }
                 (Verdict::Delivered { .. }, None) => unreachable!("delivered without a status"),
-                (Verdict::Transient(error), status) => {
+                (Verdict::Transient(error) | Verdict::Unknown(error), status) => {
+                    if unknown {
+                        summary.unknown += 1;
+                        Metrics::inc(&self.metrics.events_unknown);
+                    }
                     if event.attempt >= outbox.retry.max_attempts {
                         let error = format!(
                             "{error} (attempt {} of {}; giving up)",
@@ -195,13 +203,17 @@ impl Host {
 
 /// POSTs one event as stored. Returns the verdict and the HTTP status, if
 /// the receiver answered.
-async fn deliver(event: &ClaimedEvent, timeout: Duration) -> (Verdict, Option<u16>) {
-    match tokio::time::timeout(timeout, post(event)).await {
+async fn deliver(
+    event: &ClaimedEvent,
+    timeout: Duration,
+    allow_internal: bool,
+) -> (Verdict, Option<u16>) {
+    match tokio::time::timeout(timeout, post(event, allow_internal)).await {
         Ok(Ok(status)) => (classify(status), Some(status)),
         Ok(Err(verdict)) => (verdict, None),
         Err(_) => (
-            Verdict::Transient(format!(
-                "no answer within {}",
+            Verdict::Unknown(format!(
+                "sent, but no answer within {}: the receiver may have it",
                 humantime::format_duration(timeout)
             )),
             None,
@@ -212,7 +224,7 @@ async fn deliver(event: &ClaimedEvent, timeout: Duration) -> (Verdict, Option<u1
 /// Sends the event. A URL that can never work (malformed, or resolving to
 /// a forbidden address) is a permanent failure; a network failure is
 /// transient.
-async fn post(event: &ClaimedEvent) -> Result<u16, Verdict> {
+async fn post(event: &ClaimedEvent, allow_internal: bool) -> Result<u16, Verdict> {
     let uri: http::Uri = event
         .url
         .parse()
@@ -233,7 +245,7 @@ async fn post(event: &ClaimedEvent) -> Result<u16, Verdict> {
     // Callback URLs come from whoever enqueued the job: the same address
     // checks as plugins' requests apply, and plain HTTP goes to the very
     // address checked.
-    let request = pin_to_vetted_address(request, "outbox relay")
+    let request = pin_to_vetted_address(request, "outbox relay", allow_internal)
         .await
         .map_err(|e| match e {
             wasmtime_wasi_http::Error::DestinationIpProhibited

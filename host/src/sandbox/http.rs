@@ -101,7 +101,8 @@ impl WasiHttpHooks for HttpPolicy {
         let plugin = Arc::clone(&self.plugin);
         let max_response = self.grants.http_max_response;
         Box::new(async move {
-            let request = pin_to_vetted_address(request, &plugin).await?;
+            // A plugin's rules name its destinations: internal ones too.
+            let request = pin_to_vetted_address(request, &plugin, true).await?;
             let mut options = options.unwrap_or_default();
             options.connect_timeout.get_or_insert(CONNECT_TIMEOUT);
             let (response, io) =
@@ -137,6 +138,7 @@ impl WasiHttpHooks for HttpPolicy {
 pub(crate) async fn pin_to_vetted_address(
     mut request: http::Request<WasiBody>,
     plugin: &str,
+    allow_internal: bool,
 ) -> Result<http::Request<WasiBody>, Error> {
     let uri = request.uri().clone();
     let https = uri.scheme_str() == Some("https");
@@ -157,6 +159,10 @@ pub(crate) async fn pin_to_vetted_address(
         tracing::warn!(plugin, host, address = %bad.ip(), "HTTP request denied: forbidden destination address");
         return Err(Error::DestinationIpProhibited);
     }
+    if !allow_internal && let Some(bad) = addrs.iter().find(|a| internal_address(a.ip())) {
+        tracing::warn!(plugin, host, address = %bad.ip(), "HTTP request denied: internal destination address");
+        return Err(Error::DestinationIpProhibited);
+    }
     if !https {
         let authority = match addr {
             SocketAddr::V4(a) => a.to_string(),
@@ -172,6 +178,32 @@ pub(crate) async fn pin_to_vetted_address(
             http::Uri::from_parts(parts).map_err(|_| Error::HttpRequestUriInvalid)?;
     }
     Ok(request)
+}
+
+/// Addresses inside the host's own network: loopback, private (RFC 1918,
+/// unique local), link-local, shared (100.64/10) and unspecified. A
+/// completion callback goes there only where `outbox.callback_allow` says.
+pub fn internal_address(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return internal_address(IpAddr::V4(v4));
+            }
+            let seg = v6.segments();
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (seg[0] & 0xfe00) == 0xfc00
+                || (seg[0] & 0xffc0) == 0xfe80
+        }
+    }
 }
 
 /// Addresses a plugin may never reach: link-local (which includes the

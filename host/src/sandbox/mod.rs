@@ -21,7 +21,7 @@ mod trap;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -36,7 +36,7 @@ pub use grants::{DEFAULT_HTTP_MAX_RESPONSE, Grants, HttpRule};
 use host_state::{HostState, LogContext};
 use http::HttpPolicy;
 pub(crate) use http::pin_to_vetted_address;
-pub use http::{IDEMPOTENCY_KEY, forbidden as forbidden_address};
+pub use http::{IDEMPOTENCY_KEY, forbidden as forbidden_address, internal_address};
 pub use limits::Limits;
 use limits::MemoryLimiter;
 
@@ -95,6 +95,8 @@ pub struct Plugin {
     pre: PluginPre<HostState>,
     limits: Limits,
     grants: Arc<Grants>,
+    /// Keeps the epoch ticking while an attempt runs.
+    ticker: Arc<TickerShared>,
 }
 
 /// The host services an attempt's imports reach. Both are optional: a plugin
@@ -259,6 +261,7 @@ impl Sandbox {
             pre,
             limits,
             grants: Arc::new(grants),
+            ticker: Arc::clone(&self.ticker.shared),
         })
     }
 
@@ -302,6 +305,9 @@ impl Plugin {
         ctx: &RunContext,
         cancel: impl Future<Output = ()>,
     ) -> RunReport {
+        // The epoch only ticks while attempts run: an idle host costs
+        // nothing.
+        let _ticking = self.ticker.activate();
         let started = Instant::now();
         let deadline = started + self.limits.timeout;
         let deadline_ms = crate::time::Clock::now(&crate::time::SystemClock)
@@ -456,30 +462,71 @@ fn guest_error(e: bindings::jobbox::plugin::types::JobError) -> RunError {
     }
 }
 
-/// Advances the engine's epoch every `tick` on a thread of its own until
-/// dropped.
+/// Advances the engine's epoch every `tick` on a thread of its own, while
+/// any attempt runs; parked otherwise. Stops when dropped.
 struct Ticker {
     tick: Duration,
-    stop: Arc<AtomicBool>,
+    shared: Arc<TickerShared>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the ticker thread and the attempts share.
+#[derive(Debug)]
+struct TickerShared {
+    stop: AtomicBool,
+    /// Attempts running now.
+    active: AtomicUsize,
+    /// The ticker thread, to unpark when the first attempt starts.
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+/// Keeps the epoch ticking until dropped.
+struct Ticking<'a>(&'a TickerShared);
+
+impl TickerShared {
+    fn activate(&self) -> Ticking<'_> {
+        if self.active.fetch_add(1, Ordering::SeqCst) == 0
+            && let Some(t) = self.thread.get()
+        {
+            t.unpark();
+        }
+        Ticking(self)
+    }
+}
+
+impl Drop for Ticking<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Ticker {
     fn start(engine: Engine, tick: Duration) -> Ticker {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
+        let shared = Arc::new(TickerShared {
+            stop: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            thread: std::sync::OnceLock::new(),
+        });
+        let s = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("jobbox-epoch".into())
             .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
+                while !s.stop.load(Ordering::Relaxed) {
+                    if s.active.load(Ordering::SeqCst) == 0 {
+                        // An `unpark` between the check and the park makes
+                        // the park return at once: no start is missed.
+                        std::thread::park();
+                        continue;
+                    }
                     std::thread::sleep(tick);
                     engine.increment_epoch();
                 }
             })
             .expect("spawning the epoch thread");
+        let _ = shared.thread.set(thread.thread().clone());
         Ticker {
             tick,
-            stop,
+            shared,
             thread: Some(thread),
         }
     }
@@ -487,8 +534,9 @@ impl Ticker {
 
 impl Drop for Ticker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shared.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }

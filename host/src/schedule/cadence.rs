@@ -113,6 +113,7 @@ impl Cadence {
                 k.checked_mul(*every_ms)?
                     .checked_add(*phase_ms)
                     .map(Timestamp)
+                    .filter(|t| *t <= Timestamp::MAX)
             }
             Cadence::Cron { pattern, zone, .. } => {
                 let after_ts = jiff::Timestamp::from_millisecond(after.0).ok()?;

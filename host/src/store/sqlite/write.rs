@@ -937,25 +937,43 @@ pub(super) fn trigger_schedule(
     job: &NewJob,
     now: Timestamp,
 ) -> Result<Enqueued> {
-    let n: u64 = conn
-        .prepare_cached(sql::NEXT_TRIGGER)?
-        .query_row(params![id, now.0], |r| r.get(0))
-        .optional()?
-        .ok_or_else(|| StoreError::ScheduleNotFound(id.to_owned()))?;
-    let job = NewJob {
-        idempotency_key: Some(trigger_key(id, n)),
-        run_at: Some(now),
-        schedule_id: Some(id.to_owned()),
-        ..job.clone()
-    };
-    let job_id = insert_fire(conn, id, now, n, &job, now)?;
-    conn.prepare_cached(sql::RECORD_TRIGGER)?
-        .execute(params![id, now.0, job_id])?;
-    Ok(Enqueued {
-        id: job_id,
-        created: true,
-    })
+    // A schedule deleted and made again counts its triggers from zero, but
+    // the jobs of the old one's triggers may still hold their keys: a
+    // trigger always makes a job of its own, so a taken key is skipped.
+    for _ in 0..MAX_TRIGGER_TRIES {
+        let n: u64 = conn
+            .prepare_cached(sql::NEXT_TRIGGER)?
+            .query_row(params![id, now.0], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| StoreError::ScheduleNotFound(id.to_owned()))?;
+        let job = NewJob {
+            idempotency_key: Some(trigger_key(id, n)),
+            run_at: Some(now),
+            schedule_id: Some(id.to_owned()),
+            ..job.clone()
+        };
+        let (enqueued, _) = insert_job(conn, &job, now)?;
+        if !enqueued.created {
+            continue;
+        }
+        conn.prepare_cached(sql::INSERT_FIRE)?.execute(params![
+            id,
+            now.0,
+            n,
+            enqueued.id,
+            now.0
+        ])?;
+        conn.prepare_cached(sql::RECORD_TRIGGER)?
+            .execute(params![id, now.0, enqueued.id])?;
+        return Ok(enqueued);
+    }
+    Err(StoreError::Backend(format!(
+        "schedule {id:?}: no free trigger key in {MAX_TRIGGER_TRIES} tries"
+    )))
 }
+
+/// How many taken trigger keys a trigger skips before it gives up.
+const MAX_TRIGGER_TRIES: u32 = 10_000;
 
 pub(super) fn pause_schedule(
     conn: &Connection,

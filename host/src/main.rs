@@ -15,6 +15,7 @@ fn main() -> std::process::ExitCode {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    let json = cli.global.log_format == jobbox::cli::LogFormat::Json;
     match cli.global.log_format {
         // One JSON object per line, with the attempt's span fields (job id,
         // kind, attempt, epoch) on every line logged within it.
@@ -42,7 +43,16 @@ fn main() -> std::process::ExitCode {
         // The reader of our output went away (`| head -1`): stop quietly.
         Err(e) if jobbox::cli::is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            if json {
+                // Still one line, and still JSON for whatever collects it.
+                let line = serde_json::json!({
+                    "level": "ERROR",
+                    "fields": { "message": format!("{e:#}") },
+                });
+                eprintln!("{line}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             std::process::ExitCode::FAILURE
         }
     }

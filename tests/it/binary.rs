@@ -2,6 +2,7 @@
 //! plugins directory; commands run against them, and `jobbox run` processes
 //! started, signalled and killed.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -18,10 +19,25 @@ pub struct Env {
 
 impl Env {
     pub fn new(kinds: &[&str], extra: &str) -> Env {
+        Env::listening_on("127.0.0.1:0", kinds, extra)
+    }
+
+    /// Like [`Env::new`], with the host's API on a port known before it
+    /// starts (a free one), for the commands that ask the running host
+    /// (`stats`, `jobs watch`); returns the API's address too.
+    pub fn with_api(kinds: &[&str], extra: &str) -> (Env, SocketAddr) {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        (Env::listening_on(&addr.to_string(), kinds, extra), addr)
+    }
+
+    fn listening_on(listen: &str, kinds: &[&str], extra: &str) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let plugins = jobbox_tests::plugin_dir_with(kinds);
         let config = format!(
-            "[store]\npath = \"jobbox.db\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n[host]\nplugins_dir = {:?}\npoll_interval = \"20ms\"\n{extra}",
+            "[store]\npath = \"jobbox.db\"\n\n[api]\nlisten = \"{listen}\"\n\n[host]\nplugins_dir = {:?}\npoll_interval = \"20ms\"\n{extra}",
             plugins.path()
         );
         std::fs::write(dir.path().join("jobbox.toml"), config).unwrap();
@@ -67,12 +83,7 @@ impl Env {
 
     /// Runs a command that must fail with a one-line error; returns it.
     pub fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(!out.status.success(), "jobbox {args:?} should have failed");
-        let stderr = String::from_utf8(out.stderr).unwrap();
-        let lines: Vec<_> = stderr.lines().filter(|l| l.starts_with("error")).collect();
-        assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
-        lines[0].to_owned()
+        error_line(&format!("jobbox {args:?}"), self.run(args))
     }
 
     /// `jobbox enqueue echo --payload {} <args>`, which must fail; returns
@@ -97,14 +108,22 @@ impl Env {
     /// Starts `jobbox run`, logging to a file (a pipe nobody reads until
     /// the end would fill up and stall the host).
     pub fn spawn_host(&self) -> Process {
+        self.spawn_host_with(|cmd| {
+            cmd.env("JOBBOX_LOG", "info");
+        })
+    }
+
+    /// [`Env::spawn_host`] with the command adjusted by `configure` (more
+    /// arguments after `run`, its environment).
+    pub fn spawn_host_with(&self, configure: impl FnOnce(&mut Command)) -> Process {
         let log = self
             .dir
             .path()
             .join(format!("host-{}.log", fastrand_suffix()));
-        let child = self
-            .cmd()
-            .arg("run")
-            .env("JOBBOX_LOG", "info")
+        let mut cmd = self.cmd();
+        cmd.arg("run");
+        configure(&mut cmd);
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -115,6 +134,15 @@ impl Env {
     pub fn store(&self) -> SqliteStore {
         SqliteStore::open(&SqliteOptions::new(self.dir.path().join("jobbox.db"))).unwrap()
     }
+}
+
+/// The one-line error of `what`, a command that must have failed.
+pub fn error_line(what: &str, out: Output) -> String {
+    assert!(!out.status.success(), "{what} should have failed");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<_> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
+    lines[0].to_owned()
 }
 
 pub fn wait(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {

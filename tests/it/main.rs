@@ -13,6 +13,7 @@ mod kv;
 mod limits;
 mod outbox;
 mod plugins;
+mod polish;
 mod queue;
 mod retention;
 mod retry;

@@ -12,6 +12,7 @@
 //! and the OpenAPI document (`docs/openapi.json`, served at
 //! `/api/openapi.json`).
 
+pub mod client;
 mod error;
 mod jobs;
 mod observe;
@@ -249,6 +250,29 @@ fn bearer(value: &str) -> Option<&str> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim_start())
+}
+
+/// Binds the API's listener and serves it on a task of its own until `stop`
+/// resolves; returns the address it listens on and the task.
+pub async fn start(
+    host: &Arc<Host>,
+    config: ApiConfig,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    use anyhow::Context;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("api.listen: cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    if config.token.is_none() {
+        tracing::warn!(
+            "admin API on http://{addr} has no token: it listens on loopback only (set api.token to listen elsewhere)"
+        );
+    } else {
+        tracing::info!(read_only = config.read_only, "admin API on http://{addr}");
+    }
+    let state = ApiState::new(Arc::clone(host), config);
+    Ok((addr, tokio::spawn(serve(listener, state, stop))))
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets the

@@ -226,6 +226,7 @@ pub async fn retry_event(
     })?;
     let host = &state.host;
     host.store().retry_event(id, host.clock().now()).await?;
+    host.wake_relay();
     Ok(Json(EventRetried {
         id,
         state: EventState::Pending,

@@ -134,7 +134,7 @@ pub struct EnqueueArgs {
     /// Enqueue every job of a JSON Lines file (`-`: stdin), one job object
     /// per line as the API takes them (`{"kind": ..., "payload": ...}`), in
     /// one transaction: all or nothing.
-    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["kind", "idempotency_key", "delay", "run_at", "callback", "concurrency_key", "concurrency_limit", "max_attempts"])]
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["kind", "queue", "priority", "idempotency_key", "delay", "run_at", "callback", "concurrency_key", "concurrency_limit", "max_attempts"])]
     pub batch: Option<PathBuf>,
     /// A key stable across retries; enqueueing the same key again returns
     /// the existing job.
@@ -446,9 +446,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Arc::clone(&store) as Arc<dyn Store>,
         Arc::new(SystemClock),
     )?);
-    let (stop_api, api_stopped) = tokio::sync::watch::channel(false);
+    let (stop_api, mut api_stopped) = tokio::sync::watch::channel(false);
     let api = match api_config.enabled {
-        true => Some(start_api(&host, api_config, api_stopped).await?),
+        true => Some(
+            crate::api::start(&host, api_config, async move {
+                let _ = api_stopped.wait_for(|s| *s).await;
+            })
+            .await?
+            .1,
+        ),
         false => None,
     };
     let result = host.run(shutdown_signal()).await;
@@ -460,34 +466,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     store.close().await.context("closing the database")?;
     result
-}
-
-/// Binds the API's listener and serves it on a task of its own until
-/// `stop` turns true.
-async fn start_api(
-    host: &Arc<Host>,
-    config: crate::api::ApiConfig,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("api.listen: cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
-    if config.token.is_none() {
-        tracing::warn!(
-            "admin API on http://{addr} has no token: it listens on loopback only (set api.token to listen elsewhere)"
-        );
-    } else {
-        tracing::info!(read_only = config.read_only, "admin API on http://{addr}");
-    }
-    let state = crate::api::ApiState::new(Arc::clone(host), config);
-    Ok(tokio::spawn(crate::api::serve(
-        listener,
-        state,
-        async move {
-            let _ = stop.wait_for(|s| *s).await;
-        },
-    )))
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

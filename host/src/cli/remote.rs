@@ -4,10 +4,9 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Context;
-use axum::body::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
+
+use crate::api::client::Client;
 
 use crate::config::Config;
 
@@ -25,54 +24,19 @@ fn address(config: &Config) -> SocketAddr {
     addr
 }
 
-/// Sends `GET path` to the host's API; returns the response, status
-/// checked.
-async fn get(
-    config: &Config,
-    path: &str,
-) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+/// A connection to the host's API, as configured.
+async fn connect(config: &Config) -> anyhow::Result<Client> {
     if !config.api.enabled {
         anyhow::bail!(
             "the API is off (api.enabled = false): this command asks the running host through it"
         );
     }
-    let addr = address(config);
-    let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| {
-        format!("cannot reach the host's API at http://{addr} (is `jobbox run` running with this config?)")
-    })?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context("talking to the host's API")?;
-    tokio::spawn(conn);
-    let mut req = hyper::Request::get(path).header(hyper::header::HOST, addr.to_string());
-    if let Some(token) = &config.api.token {
-        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let res = sender
-        .send_request(req.body(Empty::<Bytes>::new())?)
-        .await
-        .context("asking the host's API")?;
-    if !res.status().is_success() {
-        let status = res.status();
-        let body = res.into_body().collect().await?.to_bytes();
-        let message = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        anyhow::bail!("the host's API answered {status}: {message}");
-    }
-    Ok(res)
+    Client::connect(address(config), config.api.token.as_deref()).await
 }
 
 /// `GET path` as JSON.
 pub async fn get_json(config: &Config, path: &str) -> anyhow::Result<serde_json::Value> {
-    let body = get(config, path)
-        .await?
-        .into_body()
-        .collect()
-        .await?
-        .to_bytes();
-    serde_json::from_slice(&body).context("the host's API answered something that is not JSON")
+    connect(config).await?.get_json(path).await
 }
 
 /// Reads the server-sent events of `path`, calling `on_event` with each
@@ -82,7 +46,16 @@ pub async fn events(
     path: &str,
     mut on_event: impl FnMut(&str, &str) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let mut body = get(config, path).await?.into_body();
+    let res = connect(config)
+        .await?
+        .send(hyper::Method::GET, path, None)
+        .await?;
+    if !res.status().is_success() {
+        let status = res.status();
+        let body = res.into_body().collect().await?.to_bytes();
+        return Err(crate::api::client::error_of(status, &body));
+    }
+    let mut body = res.into_body();
     let mut buf = String::new();
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame?.into_data() else {

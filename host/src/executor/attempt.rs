@@ -188,6 +188,19 @@ impl Host {
             on_conflict,
             breaker,
         };
+        // The times this write-back may make the job due again at: the
+        // producer looks then (see `idle`).
+        let due = [
+            match &finish.transition {
+                Transition::Retry { run_at, .. } => Some(*run_at),
+                _ => None,
+            },
+            finish.on_conflict.as_ref().map(|c| c.run_at),
+            finish.on_conflict.as_ref().and_then(|c| c.fallback_run_at),
+        ];
+        for at in due.into_iter().flatten() {
+            self.producer_quiet.due_at(at);
+        }
         let events = finish.effects.events.len() as u64;
         let writing = Instant::now();
         let written = self.write_back(finish).await;

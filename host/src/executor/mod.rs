@@ -20,6 +20,7 @@
 mod attempt;
 mod cleaner;
 mod heartbeat;
+mod idle;
 mod lease;
 mod relay;
 mod rescuer;
@@ -83,6 +84,9 @@ pub struct Host {
     rates: Vec<(String, crate::policy::RateLimit)>,
     /// Woken when a completion commits events.
     relay_wake: Notify,
+    /// When the producer's and the relay's timed looks may be skipped.
+    producer_quiet: idle::Quiet,
+    relay_quiet: idle::Quiet,
     /// Woken when a schedule changes through this host.
     scheduler_wake: Notify,
     /// The cleaner's place in its sweep of completed jobs. A std mutex:
@@ -170,6 +174,8 @@ impl Host {
             run_ctx,
             backlog,
             relay_wake: Notify::new(),
+            producer_quiet: idle::Quiet::default(),
+            relay_quiet: idle::Quiet::default(),
             scheduler_wake: Notify::new(),
             sweep: Mutex::default(),
             health,
@@ -258,7 +264,11 @@ impl Host {
         // Only with a subscriber: the kinds of the jobs for their events.
         let kinds: Option<Vec<String>> = (self.events.receiver_count() > 0)
             .then(|| jobs.iter().map(|j| j.kind.clone()).collect());
-        let out = self.store.enqueue(jobs, self.clock.now()).await?;
+        let now = self.clock.now();
+        for run_at in jobs.iter().filter_map(|j| j.run_at).filter(|t| *t > now) {
+            self.producer_quiet.due_at(run_at);
+        }
+        let out = self.store.enqueue(jobs, now).await?;
         for (kind, e) in kinds.iter().flatten().zip(&out) {
             if e.created {
                 self.publish(e.id, kind, JobState::Available, 0, 0, None);
@@ -308,6 +318,11 @@ impl Host {
     /// (an operator's retry, say).
     pub fn wake_producer(&self) {
         self.wake.notify_one();
+    }
+
+    /// Wakes the outbox relay (an event was made due through this host).
+    pub fn wake_relay(&self) {
+        self.relay_wake.notify_one();
     }
 
     /// Wakes the scheduler, after a change to schedules made through this
@@ -360,6 +375,9 @@ impl Host {
 
         let mut tasks = JoinSet::new();
         let mut claiming = true;
+        // Whether only the timer woke this iteration (not an enqueue, a
+        // freed slot or a full claim): then it may be skipped.
+        let mut timed = false;
         tokio::pin!(shutdown);
         loop {
             // Reap every finished attempt: a finished task keeps its future's
@@ -388,10 +406,22 @@ impl Host {
                     tracing::warn!(stale = ?stale, "host not ready: no new claims until it is");
                 }
             }
-            if limit.total > 0 && claiming {
+            let now = self.clock.now();
+            let mut version = None;
+            let mut skip = false;
+            if timed && limit.total > 0 && claiming {
+                version = self.store.outside_version().await.ok().flatten();
+                skip = self.producer_quiet.may_skip(now, version);
+            }
+            if limit.total > 0 && claiming && !skip {
                 match self.claim(&limit).await {
                     Ok(claimed) => {
                         full = claimed.jobs.len() as u32 == limit.total;
+                        self.producer_quiet.looked(
+                            claimed.jobs.is_empty() && claimed.wake_at.is_none(),
+                            version,
+                            now,
+                        );
                         // A rate limit or breaker holds jobs back until
                         // then: look again at that time, not a poll later.
                         if let Some(at) = claimed.wake_at {
@@ -432,15 +462,18 @@ impl Host {
             } else {
                 self.report(Loop::Producer, started, Ok((0, 0)));
             }
-            tokio::select! {
+            timed = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                Some(joined) = tasks.join_next() => report_panic(joined),
+                Some(joined) = tasks.join_next() => {
+                    report_panic(joined);
+                    false
+                }
                 // Every slot was filled: there may be more jobs waiting.
-                () = std::future::ready(()), if full => {}
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(sleep) => {}
-            }
+                () = std::future::ready(()), if full => false,
+                () = self.wake.notified() => false,
+                () = tokio::time::sleep(self.producer_quiet.interval(sleep, now)) => true,
+            };
         }
 
         let grace = self.config.host.shutdown_grace;

@@ -25,39 +25,65 @@ use crate::store::StoreError;
 impl Host {
     pub(super) async fn relay(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let every = self.config.outbox.poll_interval;
+        // Whether only the timer woke this iteration: then it may be
+        // skipped (see `idle`).
+        let mut timed = false;
         loop {
             let started = std::time::Instant::now();
-            let full = match self.relay_once().await {
-                Ok(summary) => {
-                    let failed = u64::from(summary.retried + summary.failed);
-                    let result = if summary.outcome == "failed" {
-                        Err(format!(
-                            "every one of {} due deliveries failed",
-                            summary.due
-                        ))
-                    } else {
-                        Ok((u64::from(summary.delivered), failed))
-                    };
-                    self.report(Loop::Relay, started, result);
-                    summary.due == self.config.outbox.batch
-                }
-                Err(e) => {
-                    Metrics::inc(&self.metrics.store_errors);
-                    tracing::error!("outbox relay: {e}");
-                    self.report(Loop::Relay, started, Err(e.to_string()));
-                    false
-                }
+            let now = self.clock.now();
+            let version = match timed {
+                true => self.store.outside_version().await.ok().flatten(),
+                false => None,
+            };
+            let full = if timed && self.relay_quiet.may_skip(now, version) {
+                self.report(Loop::Relay, started, Ok((0, 0)));
+                false
+            } else {
+                self.relay_iteration(started, now, version).await
             };
             if *stop.borrow() {
                 break;
             }
             if full {
+                timed = false;
                 continue;
             }
-            tokio::select! {
+            timed = tokio::select! {
                 _ = stop.wait_for(|s| *s) => break,
-                () = self.relay_wake.notified() => {}
-                () = tokio::time::sleep(every) => {}
+                () = self.relay_wake.notified() => false,
+                () = tokio::time::sleep(self.relay_quiet.interval(every, now)) => true,
+            };
+        }
+    }
+
+    /// One reported relay iteration; returns whether its batch was full
+    /// (more may be due at once).
+    async fn relay_iteration(
+        self: &Arc<Self>,
+        started: std::time::Instant,
+        now: crate::time::Timestamp,
+        version: Option<u64>,
+    ) -> bool {
+        match self.relay_once().await {
+            Ok(summary) => {
+                self.relay_quiet.looked(summary.due == 0, version, now);
+                let failed = u64::from(summary.retried + summary.failed);
+                let result = if summary.outcome == "failed" {
+                    Err(format!(
+                        "every one of {} due deliveries failed",
+                        summary.due
+                    ))
+                } else {
+                    Ok((u64::from(summary.delivered), failed))
+                };
+                self.report(Loop::Relay, started, result);
+                summary.due == self.config.outbox.batch
+            }
+            Err(e) => {
+                Metrics::inc(&self.metrics.store_errors);
+                tracing::error!("outbox relay: {e}");
+                self.report(Loop::Relay, started, Err(e.to_string()));
+                false
             }
         }
     }
@@ -120,6 +146,7 @@ impl Host {
                         (Delivery::Failed { status, error }, status)
                     } else {
                         let next_attempt_at = now.plus(outbox.retry.backoff(event.attempt, None));
+                        self.relay_quiet.due_at(next_attempt_at);
                         (
                             Delivery::Retry {
                                 status,

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use super::{Host, sleep_or_stop};
 use crate::health::Loop;
-use crate::job::Fenced;
+use crate::job::{Fenced, Transition};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
 
@@ -48,6 +48,9 @@ impl Host {
                 None,
                 now,
             );
+            if let Transition::Retry { run_at, .. } = &transition {
+                self.producer_quiet.due_at(*run_at);
+            }
             let (id, epoch, next) = (lease.fence.id, lease.fence.epoch, transition.target_state());
             match self.store.rescue(lease, transition, now).await? {
                 Fenced::Applied => {
@@ -64,6 +67,9 @@ impl Host {
                     );
                 }
             }
+        }
+        if rescued > 0 {
+            self.wake.notify_one();
         }
         Ok(rescued)
     }

@@ -432,6 +432,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Every host using the database, most recently seen first.
     fn hosts(&self) -> StoreFuture<'_, Vec<crate::health::HostRecord>>;
 
+    /// A number that changes whenever someone else (another process, or
+    /// another store on the same database) commits, but not when this
+    /// store does. Idle loops compare it to skip a look at the database
+    /// when nothing they were not told about can have changed. `None`:
+    /// this backend cannot tell, and loops never skip.
+    fn outside_version(&self) -> StoreFuture<'_, Option<u64>> {
+        Box::pin(async { Ok(None) })
+    }
+
     /// Deletes one batch of what retention allows.
     fn clean(&self, req: CleanRequest) -> StoreFuture<'_, CleanReport>;
 

@@ -390,6 +390,25 @@ impl Store for SqliteStore {
         self.read(read::hosts)
     }
 
+    /// SQLite's `PRAGMA data_version` on the write connection: it moves
+    /// with every commit but that connection's own (and the read
+    /// connection never commits).
+    fn outside_version(&self) -> StoreFuture<'_, Option<u64>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.writer.send(Command::Peek(Box::new(move |conn| {
+            let version = conn
+                .prepare_cached("PRAGMA data_version")
+                .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+                .map(|v| Some(v as u64))
+                .map_err(StoreError::from);
+            let _ = tx.send(version);
+        })));
+        Box::pin(async move {
+            sent.map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
     fn clean(&self, req: CleanRequest) -> StoreFuture<'_, CleanReport> {
         self.write(move |c| write::clean(c, &req))
     }
@@ -424,12 +443,16 @@ type WriteOp = Box<dyn FnOnce(Result<&Connection, &StoreError>) -> (bool, Reply)
 
 enum Command {
     Write(WriteOp),
+    /// A read on the write connection, outside any transaction (after the
+    /// group it arrived with has committed).
+    Peek(Box<dyn FnOnce(&Connection) + Send>),
     /// Finish what is queued, then stop.
     Close(oneshot::Sender<()>),
 }
 
 fn writer_loop(conn: Connection, rx: mpsc::Receiver<Command>) {
     let mut batch = Vec::with_capacity(MAX_GROUP);
+    let mut peeks = Vec::new();
     let mut closing = None;
     while closing.is_none() {
         let Ok(first) = rx.recv() else { break };
@@ -437,6 +460,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Command>) {
         while let Some(cmd) = next.take() {
             match cmd {
                 Command::Write(op) => batch.push(op),
+                Command::Peek(peek) => peeks.push(peek),
                 Command::Close(done) => {
                     closing = Some(done);
                     break;
@@ -448,6 +472,9 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Command>) {
         }
         if !batch.is_empty() {
             run_group(&conn, &mut batch);
+        }
+        for peek in peeks.drain(..) {
+            peek(&conn);
         }
     }
     drop(conn);

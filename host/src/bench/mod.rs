@@ -17,6 +17,8 @@
 //!   settings, then again with the key as the jobs' concurrency key:
 //!   throughput, wasted attempts, discarded jobs, and the counters checked.
 
+mod api;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -36,6 +38,11 @@ use crate::store::{ClaimRequest, Store};
 use crate::time::{Clock, SystemClock};
 
 #[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("mode")
+        .multiple(false)
+        .args(["latency", "runaway", "schedule", "contention", "http", "overhead", "observe", "idle"])
+))]
 pub struct BenchArgs {
     /// Jobs to run.
     #[arg(short = 'n', long = "jobs", default_value_t = 100_000)]
@@ -70,6 +77,30 @@ pub struct BenchArgs {
     /// key (-n defaults to 3000 here).
     #[arg(long, value_name = "K", conflicts_with_all = ["latency", "runaway"])]
     pub contention: Option<u32>,
+    /// The admin API: jobs/s accepted by `POST /api/jobs` in batches of
+    /// 1,000, then submit → result of `POST /api/jobs?wait` on an idle host.
+    #[arg(long)]
+    pub http: bool,
+    /// End-to-end throughput with the API serving and scraped every second
+    /// against the same run without it (alternating rounds).
+    #[arg(long)]
+    pub overhead: bool,
+    /// Rounds of each variant of `--overhead`.
+    #[arg(long, default_value_t = 3, requires = "overhead")]
+    pub rounds: u32,
+    /// `/metrics` and `/api/stats` response times with `--plugins` plugins
+    /// and `--rows` jobs in the database.
+    #[arg(long)]
+    pub observe: bool,
+    /// Plugins loaded for `--observe` (copies of `--plugin`).
+    #[arg(long, default_value_t = 50, requires = "observe")]
+    pub plugins: usize,
+    /// Jobs in the database for `--observe`.
+    #[arg(long, default_value_t = 1_000_000, requires = "observe")]
+    pub rows: usize,
+    /// The CPU an idle host with its API uses, over this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub idle: Option<u64>,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -171,6 +202,80 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         p.concurrency = p.concurrency.min(args.concurrency);
     }
     let payload = r#"{"hello":"world"}"#;
+
+    if args.http {
+        let r = api::http(&config, &args, tmp.path()).await?;
+        return print(&r, args.json, || {
+            let p = &r.submit_to_result_ms;
+            format!(
+                "http ({plugin}): POST /api/jobs in batches of {batch} over {c} connections: {rate:.0} jobs/s durably accepted ({jobs} jobs)\n\
+                 POST /api/jobs?wait=10s, one {plugin} job on an idle host ({n} calls): submit → result p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                p.p50,
+                p.p90,
+                p.p99,
+                p.max,
+                plugin = r.plugin,
+                batch = r.batch,
+                c = r.connections,
+                rate = r.enqueue_jobs_per_sec,
+                jobs = r.jobs,
+                n = r.waits,
+            )
+        });
+    }
+    if args.overhead {
+        let r = api::overhead(&config, &args, tmp.path(), args.rounds).await?;
+        return print(&r, args.json, || {
+            let list = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{x:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            format!(
+                "overhead ({} jobs of {}, {} rounds): without the API {} jobs/s; with the API and a scrape every second ({} scrapes) {} jobs/s; ratio of medians {:.3}",
+                r.n,
+                r.plugin,
+                r.rounds,
+                list(&r.without_api),
+                r.scrapes,
+                list(&r.with_api_and_scrapes),
+                r.ratio
+            )
+        });
+    }
+    if args.observe {
+        let r = api::observe(&config, &args, tmp.path(), args.plugins, args.rows).await?;
+        return print(&r, args.json, || {
+            let line = |name: &str, p: &Percentiles| {
+                format!(
+                    "  {name:<11} p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",
+                    p.p50, p.p90, p.p99, p.max
+                )
+            };
+            format!(
+                "observe ({} plugins, {} jobs in the database, {} requests each):\n{}\n{}\n{}",
+                r.plugins,
+                r.jobs_in_database,
+                r.requests,
+                line("/metrics", &r.metrics_ms),
+                line("/api/stats", &r.stats_ms),
+                line("refresh", &r.count_refresh_ms),
+            )
+        });
+    }
+    if let Some(secs) = args.idle {
+        if secs == 0 {
+            bail!("--idle must be at least 1 second");
+        }
+        let r = api::idle(&config, tmp.path(), Duration::from_secs(secs)).await?;
+        return print(&r, args.json, || {
+            format!(
+                "idle (a host with its API and no work, {:.0} s): {:.0} ms of CPU, {:.3}% of a core",
+                r.seconds, r.cpu_ms, r.core_percent
+            )
+        });
+    }
 
     if let Some(fires) = args.schedule {
         config.store.path = tmp.path().join("schedule.db");
@@ -320,6 +425,20 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_throughput(&report);
+    }
+    Ok(())
+}
+
+/// Prints a report as JSON or as the text `text` makes.
+fn print<R: Serialize>(
+    report: &R,
+    json: bool,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        println!("{}", text());
     }
     Ok(())
 }

@@ -1,0 +1,431 @@
+//! The admin API's costs, measured against a real host on a fresh
+//! temporary database, over real HTTP on loopback:
+//!
+//! - `--http`: jobs durably accepted per second through `POST /api/jobs`
+//!   in batches of 1,000 (no host loops running: acceptance alone), then
+//!   submit → result of one `POST /api/jobs?wait=…` at a time on an idle
+//!   host.
+//! - `--overhead`: the end-to-end drain without the API, then with it
+//!   serving and `/metrics` and `/api/stats` scraped every second,
+//!   alternating; the ratio of the medians.
+//! - `--observe`: `/metrics` and `/api/stats` response times with many
+//!   plugins and many jobs in the database.
+//! - `--idle`: the CPU an idle host (with its API) uses.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use axum::body::Bytes;
+use hyper::{Method, StatusCode};
+use serde::Serialize;
+
+use super::{BenchArgs, Percentiles, fill_with};
+use crate::api::ApiConfig;
+use crate::api::client::Client;
+use crate::config::Config;
+use crate::executor::{Host, HostTask};
+use crate::job::{AttemptOutcome, NewJob};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+use crate::time::{Clock, SystemClock};
+
+/// Jobs per `POST /api/jobs` of the batch enqueue.
+const BATCH: usize = 1000;
+
+/// A host on its own database, with its API on an ephemeral loopback port.
+struct Served {
+    host: Arc<Host>,
+    store: Arc<SqliteStore>,
+    addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    runner: Option<HostTask>,
+}
+
+impl Served {
+    /// Opens `config`'s store and serves the API; with `run`, the host's
+    /// loops run too.
+    async fn start(config: &Config, run: bool) -> anyhow::Result<Served> {
+        let store = Arc::new(SqliteStore::open(&config.store)?);
+        let host = Arc::new(Host::new(
+            config.clone(),
+            Arc::clone(&store) as Arc<dyn Store>,
+            Arc::new(SystemClock),
+        )?);
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let api = ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token: Some("bench-token-0123456789".into()),
+            ..ApiConfig::default()
+        };
+        let (addr, server) = crate::api::start(&host, api, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+        .await?;
+        let runner = run.then(|| host.spawn());
+        Ok(Served {
+            host,
+            store,
+            addr,
+            stop,
+            server,
+            runner,
+        })
+    }
+
+    async fn client(&self) -> anyhow::Result<Client> {
+        Client::connect(self.addr, Some("bench-token-0123456789")).await
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        if let Some(runner) = self.runner {
+            runner.stop().await?;
+        }
+        let _ = self.stop.send(true);
+        self.server.await??;
+        drop(self.host);
+        self.store.close().await?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct HttpReport {
+    pub(super) plugin: String,
+    /// Jobs accepted through `POST /api/jobs`, in batches of `batch`.
+    pub(super) jobs: usize,
+    pub(super) batch: usize,
+    pub(super) connections: usize,
+    /// Jobs durably accepted per second.
+    pub(super) enqueue_jobs_per_sec: f64,
+    /// Sequential `POST /api/jobs?wait=10s` of one job on an idle host.
+    pub(super) waits: usize,
+    pub(super) submit_to_result_ms: Percentiles,
+}
+
+/// `--http`.
+pub async fn http(config: &Config, args: &BenchArgs, dir: &Path) -> anyhow::Result<HttpReport> {
+    let mut config = config.clone();
+    config.store.path = dir.join("http-enqueue.db");
+    let served = Served::start(&config, false).await?;
+    let job = serde_json::json!({"kind": args.plugin, "payload": {"hello": "world"}});
+    let body = Bytes::from(serde_json::to_vec(&vec![job.clone(); BATCH])?);
+    let batches = args.n.div_ceil(BATCH);
+    let connections = 2;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let (mut client, body, next) = (served.client().await?, body.clone(), Arc::clone(&next));
+        senders.spawn(async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < batches {
+                let (status, answer) = client
+                    .call(Method::POST, "/api/jobs", Some(body.clone()))
+                    .await?;
+                if status != StatusCode::OK {
+                    return Err(crate::api::client::error_of(status, &answer));
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = senders.join_next().await {
+        r??;
+    }
+    let elapsed = started.elapsed();
+    let accepted: u64 = served
+        .store
+        .queues(SystemClock.now())
+        .await?
+        .iter()
+        .map(|q| q.counts.available)
+        .sum();
+    let accepted = accepted as usize;
+    if accepted != batches * BATCH {
+        bail!("{accepted} jobs in the database, {} sent", batches * BATCH);
+    }
+    served.stop().await?;
+
+    config.store.path = dir.join("http-wait.db");
+    let served = Served::start(&config, true).await?;
+    let mut client = served.client().await?;
+    let one = Bytes::from(serde_json::to_vec(&job)?);
+    let waits = args.n.min(1000);
+    let mut times = Vec::with_capacity(waits);
+    for _ in 0..waits {
+        // Let the host go idle between jobs.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let t0 = Instant::now();
+        let (status, answer) = client
+            .call(Method::POST, "/api/jobs?wait=10s", Some(one.clone()))
+            .await?;
+        times.push(t0.elapsed());
+        let v: serde_json::Value = serde_json::from_slice(&answer)?;
+        if status != StatusCode::OK || v["job"]["state"] != "completed" {
+            bail!("a waited job did not complete: {status} {v}");
+        }
+    }
+    served.stop().await?;
+    Ok(HttpReport {
+        plugin: args.plugin.clone(),
+        jobs: batches * BATCH,
+        batch: BATCH,
+        connections,
+        enqueue_jobs_per_sec: (batches * BATCH) as f64 / elapsed.as_secs_f64(),
+        waits,
+        submit_to_result_ms: Percentiles::of(times),
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct OverheadReport {
+    pub(super) plugin: String,
+    pub(super) n: usize,
+    pub(super) rounds: u32,
+    /// Jobs/s of each round without the API.
+    pub(super) without_api: Vec<f64>,
+    /// Jobs/s of each round with the API serving and a scrape of
+    /// `/metrics` and `/api/stats` every second.
+    pub(super) with_api_and_scrapes: Vec<f64>,
+    pub(super) scrapes: u64,
+    /// Median with / median without.
+    pub(super) ratio: f64,
+}
+
+/// `--overhead`.
+pub async fn overhead(
+    config: &Config,
+    args: &BenchArgs,
+    dir: &Path,
+    rounds: u32,
+) -> anyhow::Result<OverheadReport> {
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    let mut scrapes = 0;
+    for round in 0..rounds {
+        for api in [false, true] {
+            let mut config = config.clone();
+            config.store.path = dir.join(format!("overhead-{round}-{api}.db"));
+            let (rate, scraped) = drain(&config, args, api).await?;
+            scrapes += scraped;
+            if api { &mut with } else { &mut without }.push(rate);
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(OverheadReport {
+        plugin: args.plugin.clone(),
+        n: args.n,
+        rounds,
+        ratio: median(&with) / median(&without),
+        without_api: without,
+        with_api_and_scrapes: with,
+        scrapes,
+    })
+}
+
+/// Drains `args.n` jobs; returns jobs/s and how many scrapes were made.
+async fn drain(config: &Config, args: &BenchArgs, api: bool) -> anyhow::Result<(f64, u64)> {
+    let template = NewJob::new(&args.plugin, r#"{"hello":"world"}"#).map_err(anyhow::Error::msg)?;
+    let store = Arc::new(SqliteStore::open(&config.store)?);
+    fill_with(store.as_ref(), args.n, |_| template.clone()).await?;
+    store.close().await?;
+    let served = Served::start(config, false).await?;
+    let scraper = if api {
+        let mut client = served.client().await?;
+        Some(tokio::spawn(async move {
+            let mut scrapes = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                for path in ["/metrics", "/api/stats"] {
+                    let (status, _) = client.call(Method::GET, path, None).await?;
+                    if !status.is_success() {
+                        bail!("{path} answered {status}");
+                    }
+                    scrapes += 1;
+                }
+                if scrapes >= u64::MAX / 2 {
+                    return Ok(scrapes);
+                }
+            }
+        }))
+    } else {
+        let _ = served.stop.send(true);
+        None
+    };
+    let started = Instant::now();
+    let runner = served.host.spawn();
+    let mut finished = 0;
+    while finished < args.n as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let m = served.host.metrics();
+        finished = AttemptOutcome::ALL.iter().map(|o| m.outcome(*o)).sum();
+        if runner.is_finished() {
+            bail!("the host stopped early");
+        }
+    }
+    let rate = args.n as f64 / started.elapsed().as_secs_f64();
+    runner.stop().await?;
+    let scrapes = match scraper {
+        Some(task) => {
+            task.abort();
+            match task.await {
+                Ok(r) => r?,
+                Err(e) if e.is_cancelled() => {
+                    // Every full second of the run scraped twice.
+                    (started.elapsed().as_secs() + 1) * 2
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        None => 0,
+    };
+    let completed = served.host.metrics().outcome(AttemptOutcome::Completed);
+    served.stop().await?;
+    if completed != args.n as u64 {
+        bail!("only {completed} of {} jobs completed", args.n);
+    }
+    Ok((rate, scrapes))
+}
+
+#[derive(Debug, Serialize)]
+pub struct ObserveReport {
+    pub(super) plugins: usize,
+    pub(super) jobs_in_database: usize,
+    pub(super) requests: usize,
+    pub(super) metrics_ms: Percentiles,
+    pub(super) stats_ms: Percentiles,
+    /// One refresh of the cached counts (the table scans behind the queue
+    /// depth gauges), which runs in the background about once a second
+    /// while someone asks.
+    pub(super) count_refresh_ms: Percentiles,
+}
+
+/// `--observe`.
+pub async fn observe(
+    config: &Config,
+    args: &BenchArgs,
+    dir: &Path,
+    plugins: usize,
+    rows: usize,
+) -> anyhow::Result<ObserveReport> {
+    let mut config = config.clone();
+    let source = config
+        .host
+        .plugins_dir
+        .join(format!("{}.wasm", args.plugin));
+    let plugin_dir = dir.join("plugins");
+    std::fs::create_dir_all(&plugin_dir)?;
+    let kinds: Vec<String> = (0..plugins)
+        .map(|i| format!("{}-{i:02}", args.plugin))
+        .collect();
+    for kind in &kinds {
+        std::fs::copy(&source, plugin_dir.join(format!("{kind}.wasm")))
+            .with_context(|| format!("copying {}", source.display()))?;
+    }
+    config.host.plugins_dir = plugin_dir;
+    config.store.path = dir.join("observe.db");
+
+    // The jobs wait a day, in four queues, over every kind: the counts
+    // behind the gauges scan them all, and no attempt runs meanwhile.
+    let store = Arc::new(SqliteStore::open(&config.store)?);
+    let later = SystemClock.now().plus(Duration::from_secs(86_400));
+    fill_with(store.as_ref(), rows, |i| NewJob {
+        queue: format!("queue-{}", i % 4),
+        run_at: Some(later),
+        ..NewJob::new(&kinds[i % kinds.len()], r#"{"hello":"world"}"#).expect("a valid job")
+    })
+    .await?;
+    store.close().await?;
+
+    let served = Served::start(&config, true).await?;
+    let mut client = served.client().await?;
+    let requests = 300;
+    let mut metrics = Vec::with_capacity(requests);
+    let mut stats = Vec::with_capacity(requests);
+    for (path, times) in [("/metrics", &mut metrics), ("/api/stats", &mut stats)] {
+        // The first request waits for the first refresh: not counted.
+        client.call(Method::GET, path, None).await?;
+        for _ in 0..requests {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let t0 = Instant::now();
+            let (status, body) = client.call(Method::GET, path, None).await?;
+            times.push(t0.elapsed());
+            if !status.is_success() || body.is_empty() {
+                bail!("{path} answered {status}");
+            }
+        }
+    }
+    let mut refreshes = Vec::new();
+    for _ in 0..10 {
+        let t0 = Instant::now();
+        served.store.queues(SystemClock.now()).await?;
+        served.store.event_counts().await?;
+        served.store.schedules().await?;
+        served.store.breakers().await?;
+        refreshes.push(t0.elapsed());
+    }
+    served.stop().await?;
+    Ok(ObserveReport {
+        plugins,
+        jobs_in_database: rows,
+        requests,
+        metrics_ms: Percentiles::of(metrics),
+        stats_ms: Percentiles::of(stats),
+        count_refresh_ms: Percentiles::of(refreshes),
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct IdleReport {
+    pub(super) seconds: f64,
+    /// CPU time (user + system) over the window, in milliseconds.
+    pub(super) cpu_ms: f64,
+    /// That as a share of one core.
+    pub(super) core_percent: f64,
+}
+
+/// `--idle`: a host with its API and no work, after a second to settle.
+pub async fn idle(config: &Config, dir: &Path, window: Duration) -> anyhow::Result<IdleReport> {
+    let mut config = config.clone();
+    config.store.path = dir.join("idle.db");
+    let served = Served::start(&config, true).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (t0, cpu0) = (Instant::now(), cpu_time()?);
+    tokio::time::sleep(window).await;
+    let (elapsed, cpu) = (t0.elapsed(), cpu_time()? - cpu0);
+    served.stop().await?;
+    Ok(IdleReport {
+        seconds: elapsed.as_secs_f64(),
+        cpu_ms: cpu.as_secs_f64() * 1000.0,
+        core_percent: 100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64(),
+    })
+}
+
+/// This process's CPU time (user + system, every thread, exited ones
+/// included), from `/proc/self/stat` in clock ticks of 10 ms (Linux's
+/// `USER_HZ` is 100).
+fn cpu_time() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    // The command name may hold spaces: fields count from after its ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("parsing /proc/self/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .context("parsing /proc/self/stat")
+    };
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+}

@@ -302,6 +302,48 @@ fn bench_smoke_reports_sane_fields() {
     assert!(r["enqueue_to_start_ms"]["p50"].as_f64().unwrap() > 0.0);
 }
 
+/// The admin API's figures: batch enqueue and `?wait` over HTTP, the
+/// overhead of serving and scraping, `/metrics` and `/api/stats` with many
+/// plugins and jobs, and an idle host's CPU. (Small sizes: the figures
+/// themselves come from the README's commands.)
+#[test]
+fn bench_measures_the_api() {
+    let env = Env::new(&["echo"], "");
+    let json = |args: &[&str]| -> Value {
+        let mut all = vec!["bench", "--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&env.ok(&all)).unwrap()
+    };
+    let r = json(&["--http", "-n", "3000"]);
+    assert_eq!(r["jobs"], 3000, "{r}");
+    assert!(r["enqueue_jobs_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    let p = &r["submit_to_result_ms"];
+    assert!(p["p50"].as_f64().unwrap() > 0.0 && p["p50"].as_f64() <= p["p99"].as_f64());
+
+    let r = json(&["--overhead", "-n", "500", "--rounds", "1"]);
+    assert!(r["ratio"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(
+        r["scrapes"].as_u64().unwrap() >= 2,
+        "scraped at least once: {r}"
+    );
+
+    let r = json(&["--observe", "--plugins", "3", "--rows", "5000"]);
+    assert_eq!(
+        (r["plugins"].as_u64(), r["jobs_in_database"].as_u64()),
+        (Some(3), Some(5000))
+    );
+    for field in ["metrics_ms", "stats_ms", "count_refresh_ms"] {
+        assert!(r[field]["p50"].as_f64().unwrap() > 0.0, "{field} in {r}");
+    }
+
+    let r = json(&["--idle", "1"]);
+    let share = r["core_percent"].as_f64().unwrap();
+    assert!((0.0..100.0).contains(&share), "{r}");
+
+    let e = env.fails(&["bench", "--http", "--idle", "1"]);
+    assert!(e.contains("cannot be used with"), "{e}");
+}
+
 /// Kill -9 in the middle of 1000 kv-counter jobs, restart: the counter
 /// equals the number of jobs exactly (no increment lost or doubled).
 #[test]

@@ -777,3 +777,47 @@ fn a_redirected_text_log_has_no_colour_codes() {
         "text, not JSON: {log}"
     );
 }
+
+/// An idle host skips most of its timed looks at the database, but still
+/// picks up what another process writes: a job enqueued now (seen through
+/// the database's change counter), and one enqueued with a delay (found by
+/// the once-a-second recheck, since no notification says when it is due).
+#[test]
+fn an_idle_host_still_sees_what_other_processes_enqueue() {
+    let env = Env::new(&["echo"], "");
+    let mut host = env.spawn_host();
+    // Long enough for both loops to back off fully.
+    std::thread::sleep(Duration::from_secs(2));
+    host.assert_alive();
+    let now = env.enqueue("echo", "{\"n\": 1}");
+    let delayed: Value = serde_json::from_str(&env.ok(&[
+        "enqueue",
+        "echo",
+        "--payload",
+        "{\"n\": 2}",
+        "--delay",
+        "1500ms",
+        "--json",
+    ]))
+    .unwrap();
+    let delayed = delayed["id"].as_i64().unwrap();
+    let started = Instant::now();
+    wait(PATIENCE, "the jobs to complete", || {
+        [now, delayed]
+            .iter()
+            .all(|id| env.show(*id)["state"] == "completed")
+    });
+    // Both were picked up within the idle poll and the recheck (0.5 s and
+    // 1 s), not after some long back-off; generous for a busy machine.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let shown = env.show(delayed);
+    let attempts = shown["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{shown}");
+    signal(&host, "-TERM");
+    let (status, _) = stderr_of(host);
+    assert!(status.success());
+}

@@ -5,7 +5,9 @@
 //! state, schedule counters) are cached and refreshed at most once a second,
 //! in the background, so a scrape stays cheap on a large database: a scrape
 //! answers from the cache and, if it is older than a second, starts a
-//! refresh for the next one.
+//! refresh for the next one. On a database so large that a refresh takes
+//! longer than a tenth of a second, refreshes are spaced ten times their
+//! cost apart: scrapes never keep more than a tenth of a core scanning.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -40,8 +42,11 @@ pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
 /// `other`.
 const MAX_QUEUE_LABELS: usize = 200;
 
-/// How stale the cached counts may be.
+/// How stale the cached counts may be (at least).
 const CACHE_FOR: Duration = Duration::from_secs(1);
+
+/// Refreshes are at least this many times their own cost apart.
+const REFRESH_SPACING: u32 = 10;
 
 /// Counts read from the store, cached.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -67,6 +72,8 @@ struct CacheState {
     value: Cached,
     refreshed: Option<Instant>,
     refreshing: bool,
+    /// How long the last refresh took.
+    cost: Duration,
 }
 
 impl Exporter {
@@ -86,7 +93,8 @@ impl Exporter {
     pub async fn cached(&self, host: &Arc<Host>) -> Cached {
         let (value, stale, first) = {
             let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            let stale = c.refreshed.is_none_or(|t| t.elapsed() >= CACHE_FOR);
+            let keep = CACHE_FOR.max(c.cost * REFRESH_SPACING);
+            let stale = c.refreshed.is_none_or(|t| t.elapsed() >= keep);
             let start = stale && !c.refreshing;
             if start {
                 c.refreshing = true;
@@ -99,9 +107,11 @@ impl Exporter {
         let cache = Arc::clone(&self.cache);
         let host = Arc::clone(host);
         let refresh = tokio::spawn(async move {
+            let started = Instant::now();
             let fresh = read_counts(&host).await;
             let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
             c.refreshing = false;
+            c.cost = started.elapsed();
             if let Ok(v) = fresh {
                 c.value = v;
                 c.refreshed = Some(Instant::now());

@@ -237,10 +237,11 @@ async fn drain(config: &Config, args: &BenchArgs, api: bool) -> anyhow::Result<(
     fill_with(store.as_ref(), args.n, |_| template.clone()).await?;
     store.close().await?;
     let served = Served::start(config, false).await?;
+    let scrapes = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let scraper = if api {
         let mut client = served.client().await?;
+        let scrapes = Arc::clone(&scrapes);
         Some(tokio::spawn(async move {
-            let mut scrapes = 0u64;
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
@@ -249,10 +250,7 @@ async fn drain(config: &Config, args: &BenchArgs, api: bool) -> anyhow::Result<(
                     if !status.is_success() {
                         bail!("{path} answered {status}");
                     }
-                    scrapes += 1;
-                }
-                if scrapes >= u64::MAX / 2 {
-                    return Ok(scrapes);
+                    scrapes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }))
@@ -273,20 +271,15 @@ async fn drain(config: &Config, args: &BenchArgs, api: bool) -> anyhow::Result<(
     }
     let rate = args.n as f64 / started.elapsed().as_secs_f64();
     runner.stop().await?;
-    let scrapes = match scraper {
-        Some(task) => {
+    if let Some(task) = scraper {
+        if task.is_finished() {
+            // It only ends with an error.
+            task.await??;
+        } else {
             task.abort();
-            match task.await {
-                Ok(r) => r?,
-                Err(e) if e.is_cancelled() => {
-                    // Every full second of the run scraped twice.
-                    (started.elapsed().as_secs() + 1) * 2
-                }
-                Err(e) => return Err(e.into()),
-            }
         }
-        None => 0,
-    };
+    }
+    let scrapes = scrapes.load(std::sync::atomic::Ordering::Relaxed);
     let completed = served.host.metrics().outcome(AttemptOutcome::Completed);
     served.stop().await?;
     if completed != args.n as u64 {

@@ -607,6 +607,81 @@ async fn readiness_fails_while_a_loop_fails_and_recovers_with_it() {
     running.stop().await;
 }
 
+/// A relay that keeps running while every delivery fails is not making
+/// progress: readiness names it (with the delivery error) between its
+/// retries, and recovers with the first delivery that gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_while_every_delivery_fails_and_recovers() {
+    use crate::server::{Reply as Answer, TestServer};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let refusing = Arc::new(AtomicBool::new(true));
+    let server = {
+        let refusing = Arc::clone(&refusing);
+        TestServer::start(move |_, _| match refusing.load(Ordering::SeqCst) {
+            true => Answer::Status(503),
+            false => Answer::Status(200),
+        })
+        .await
+    };
+    let h = Harness::new(
+        &["emit"],
+        &format!(
+            "[outbox]\npoll_interval = \"20ms\"\nrequest_timeout = \"300ms\"\nbackoff_base = \"50ms\"\nbackoff_max = \"300ms\"\nbackoff_jitter = 0.0\nmax_attempts = 1000\n[outbox.sinks.orders]\nurl = \"{}\"\n[plugins.emit]\noutbox_topics = [\"orders\"]\n",
+            server.url("/hook")
+        ),
+    );
+    let host = Arc::new(
+        Host::new(
+            h.config.clone(),
+            h.store(),
+            Arc::new(jobbox::time::SystemClock),
+        )
+        .unwrap(),
+    );
+    let api = Api::with_token(Arc::clone(&host));
+    let running = Running::start(Arc::clone(&host));
+    let relay = || async {
+        let r = api.call(Method::GET, "/readyz", None, None).await;
+        let relay = r.body["loops"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["name"] == "relay").cloned())
+            .unwrap();
+        (r.status, relay)
+    };
+    wait_until(Duration::from_secs(5), "ready", || async {
+        (relay().await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    host.enqueue(vec![job(
+        "emit",
+        r#"{"events":[{"topic":"orders","payload":{"order":1}}]}"#,
+    )])
+    .await
+    .unwrap();
+    let (status, stale) = wait_until(Duration::from_secs(10), "the relay to go stale", || async {
+        let (status, relay) = relay().await;
+        (relay["fresh"] == false).then_some((status, relay))
+    })
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        stale["last_error"].as_str().unwrap().contains("failed"),
+        "{stale}"
+    );
+    let stats = api.get("/api/stats").await.body;
+    assert!(stats["relay"]["failed"].as_u64().is_some_and(|n| n >= 1), "{stats}");
+    assert_eq!(stats["relay"]["delivered"], 0, "{stats}");
+
+    refusing.store(false, Ordering::SeqCst);
+    wait_until(Duration::from_secs(10), "readiness to recover", || async {
+        (relay().await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    let stats = api.get("/api/stats").await.body;
+    assert_eq!(stats["relay"]["delivered"], 1, "{stats}");
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_with_a_stale_loop_claims_nothing_until_it_recovers() {
     let h = Harness::new(

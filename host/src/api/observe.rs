@@ -506,9 +506,30 @@ pub struct Stats {
     oldest_due_ms: Option<u64>,
     schedules: ScheduleStats,
     outbox: EventCounts,
+    /// This host's relay since it started.
+    relay: RelayStats,
     /// Latency of each phase over its latest occurrences.
     phases: BTreeMap<&'static str, Millis>,
     counts_at: Option<Timestamp>,
+}
+
+/// The relay's iterations that had events due, by result, and its
+/// deliveries by outcome.
+#[derive(Debug, Serialize)]
+pub struct RelayStats {
+    /// Every due delivery succeeded.
+    ok: u64,
+    /// Some failed.
+    partial: u64,
+    /// All failed (a failed iteration, for readiness).
+    failed: u64,
+    delivered: u64,
+    /// Sent, but no answer before the timeout: tried again.
+    unknown: u64,
+    /// To be tried again after an error answer or a failed connection.
+    retried: u64,
+    /// Given up on.
+    gave_up: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -587,6 +608,18 @@ pub async fn collect_stats(state: &ApiState) -> Stats {
             skipped: cached.schedule_skipped,
         },
         outbox: cached.events,
+        relay: {
+            let m = host.metrics().snapshot();
+            RelayStats {
+                ok: m.relay_iterations - m.relay_partial_iterations - m.relay_failed_iterations,
+                partial: m.relay_partial_iterations,
+                failed: m.relay_failed_iterations,
+                delivered: m.events_delivered,
+                unknown: m.events_unknown,
+                retried: m.events_retried,
+                gave_up: m.events_failed,
+            }
+        },
         phases,
         counts_at: cached.at,
     }

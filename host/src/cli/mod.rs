@@ -289,6 +289,7 @@ fn print_stats(s: &serde_json::Value) -> std::io::Result<()> {
         s["schedules"],
         s["outbox"]
     )?;
+    outln!("relay: {}", s["relay"])?;
     outln!("phases (ms):")?;
     for (name, p) in s["phases"].as_object().into_iter().flatten() {
         outln!(

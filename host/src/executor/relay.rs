@@ -28,6 +28,11 @@ impl Host {
         // Whether only the timer woke this iteration: then it may be
         // skipped (see `idle`).
         let mut timed = false;
+        // Whether the last iteration that had events due failed them all:
+        // until one succeeds (or nothing is left pending), iterations with
+        // nothing due do not count as progress, so that a relay whose
+        // every delivery fails goes stale between its retries.
+        let mut failing = false;
         loop {
             let started = std::time::Instant::now();
             let now = self.clock.now();
@@ -36,10 +41,11 @@ impl Host {
                 false => None,
             };
             let full = if timed && self.relay_quiet.may_skip(now, version) {
-                self.report(Loop::Relay, started, Ok((0, 0)));
+                self.report_idle_relay(started, failing);
                 false
             } else {
-                self.relay_iteration(started, now, version).await
+                self.relay_iteration(started, now, version, &mut failing)
+                    .await
             };
             if *stop.borrow() {
                 break;
@@ -56,6 +62,14 @@ impl Host {
         }
     }
 
+    /// Reports an iteration that had nothing due: progress, unless the
+    /// last deliveries all failed and events are still pending.
+    fn report_idle_relay(&self, started: std::time::Instant, failing: bool) {
+        if !(failing && self.backlog.pending() > 0) {
+            self.report(Loop::Relay, started, Ok((0, 0)));
+        }
+    }
+
     /// One reported relay iteration; returns whether its batch was full
     /// (more may be due at once).
     async fn relay_iteration(
@@ -63,10 +77,17 @@ impl Host {
         started: std::time::Instant,
         now: crate::time::Timestamp,
         version: Option<u64>,
+        failing: &mut bool,
     ) -> bool {
         match self.relay_once().await {
+            Ok(summary) if summary.due == 0 => {
+                self.relay_quiet.looked(true, version, now);
+                self.report_idle_relay(started, *failing);
+                false
+            }
             Ok(summary) => {
-                self.relay_quiet.looked(summary.due == 0, version, now);
+                self.relay_quiet.looked(false, version, now);
+                *failing = summary.outcome == "failed";
                 let failed = u64::from(summary.retried + summary.failed);
                 let result = if summary.outcome == "failed" {
                     Err(format!(

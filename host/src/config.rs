@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use crate::api::ApiConfig;
+use crate::api::ApiConfig; // a leaf: api/settings.rs
 use crate::job::AttemptOutcome;
 use crate::outbox::OutboxConfig;
 use crate::plugins::PluginSettings;

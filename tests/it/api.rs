@@ -669,7 +669,10 @@ async fn readiness_fails_while_every_delivery_fails_and_recovers() {
         "{stale}"
     );
     let stats = api.get("/api/stats").await.body;
-    assert!(stats["relay"]["failed"].as_u64().is_some_and(|n| n >= 1), "{stats}");
+    assert!(
+        stats["relay"]["failed"].as_u64().is_some_and(|n| n >= 1),
+        "{stats}"
+    );
     assert_eq!(stats["relay"]["delivered"], 0, "{stats}");
 
     refusing.store(false, Ordering::SeqCst);

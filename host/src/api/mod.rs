@@ -18,6 +18,7 @@ mod jobs;
 mod observe;
 mod operate;
 mod schedules;
+mod settings;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,38 +36,7 @@ use tokio::net::TcpListener;
 use crate::executor::Host;
 
 pub use error::{ApiError, ApiJson, ApiPath, ApiQuery};
-
-/// Settings of the admin API (`[api]`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ApiConfig {
-    /// Whether `jobbox run` serves it.
-    pub enabled: bool,
-    pub listen: SocketAddr,
-    /// The bearer token; `None` means no token (loopback only).
-    pub token: Option<String>,
-    /// Refuse every mutating route (403).
-    pub read_only: bool,
-    /// The largest request body.
-    pub max_body: usize,
-    /// How long a request may take (a `?wait` and the event stream excepted).
-    pub request_timeout: Duration,
-    /// How long a client may take to send a request's headers.
-    pub header_timeout: Duration,
-}
-
-impl Default for ApiConfig {
-    fn default() -> ApiConfig {
-        ApiConfig {
-            enabled: true,
-            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
-            token: None,
-            read_only: false,
-            max_body: 8 << 20,
-            request_timeout: Duration::from_secs(30),
-            header_timeout: Duration::from_secs(10),
-        }
-    }
-}
+pub use settings::ApiConfig;
 
 /// What every handler reaches.
 #[derive(Debug)]

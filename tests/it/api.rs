@@ -553,21 +553,25 @@ async fn the_served_openapi_document_is_the_repos_and_names_every_route() {
     );
 }
 
+/// A host over `h`'s store behind a [`Faulty`] switchboard.
+fn faulty_host(h: &Harness) -> (Arc<Faulty>, Arc<Host>) {
+    let faulty = Faulty::new(h.store());
+    let host = Host::new(
+        h.config.clone(),
+        Arc::clone(&faulty) as Arc<dyn Store>,
+        Arc::new(jobbox::time::SystemClock),
+    )
+    .unwrap();
+    (faulty, Arc::new(host))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_fails_while_a_loop_fails_and_recovers_with_it() {
     let h = Harness::new(
         &["echo"],
         "[host]\npoll_interval = \"20ms\"\nlease = \"300ms\"\nrescue_interval = \"100ms\"\n",
     );
-    let faulty = Faulty::new(h.store());
-    let host = Arc::new(
-        Host::new(
-            h.config.clone(),
-            Arc::clone(&faulty) as Arc<dyn Store>,
-            Arc::new(jobbox::time::SystemClock),
-        )
-        .unwrap(),
-    );
+    let (faulty, host) = faulty_host(&h);
     let api = Api::with_token(Arc::clone(&host));
     let running = Running::start(Arc::clone(&host));
     let ready = || async { api.call(Method::GET, "/readyz", None, None).await };
@@ -691,15 +695,7 @@ async fn a_host_with_a_stale_loop_claims_nothing_until_it_recovers() {
         &["sleepy"],
         "[host]\npoll_interval = \"20ms\"\nlease = \"300ms\"\nrescue_interval = \"100ms\"\n",
     );
-    let faulty = Faulty::new(h.store());
-    let host = Arc::new(
-        Host::new(
-            h.config.clone(),
-            Arc::clone(&faulty) as Arc<dyn Store>,
-            Arc::new(jobbox::time::SystemClock),
-        )
-        .unwrap(),
-    );
+    let (faulty, host) = faulty_host(&h);
     let running = Running::start(Arc::clone(&host));
     // A long attempt in flight, whose lease renewals fail.
     let long = running.enqueue_one(job("sleepy", r#"{"ms": 4000}"#)).await;

@@ -22,7 +22,7 @@ use axum::body::Bytes;
 use hyper::{Method, StatusCode};
 use serde::Serialize;
 
-use super::{BenchArgs, Percentiles, fill_with};
+use super::{BenchArgs, Percentiles, fill_with, host_on};
 use crate::api::ApiConfig;
 use crate::api::client::Client;
 use crate::config::Config;
@@ -50,11 +50,7 @@ impl Served {
     /// loops run too.
     async fn start(config: &Config, run: bool) -> anyhow::Result<Served> {
         let store = Arc::new(SqliteStore::open(&config.store)?);
-        let host = Arc::new(Host::new(
-            config.clone(),
-            Arc::clone(&store) as Arc<dyn Store>,
-            Arc::new(SystemClock),
-        )?);
+        let host = host_on(config, &store)?;
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let api = ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -361,11 +361,7 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     config.store.path = tmp.path().join("e2e.db");
     let store = Arc::new(SqliteStore::open(&config.store)?);
     let enqueue_secs = fill(store.as_ref(), &args, payload).await?;
-    let host = Arc::new(Host::new(
-        config.clone(),
-        Arc::clone(&store) as Arc<dyn Store>,
-        Arc::new(SystemClock),
-    )?);
+    let host = host_on(&config, &store)?;
     if host.plugins().get(&args.plugin).is_none() {
         bail!(
             "plugin {} did not load: {:?}",
@@ -427,6 +423,15 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         print_throughput(&report);
     }
     Ok(())
+}
+
+/// A host on `store`, with the system clock.
+fn host_on(config: &Config, store: &Arc<SqliteStore>) -> anyhow::Result<Arc<Host>> {
+    Ok(Arc::new(Host::new(
+        config.clone(),
+        Arc::clone(store) as Arc<dyn Store>,
+        Arc::new(SystemClock),
+    )?))
 }
 
 /// Prints a report as JSON or as the text `text` makes.
@@ -604,11 +609,7 @@ async fn schedule_latency(
     );
     let defs = crate::schedule::parse_file(std::path::Path::new("bench.toml"), &text)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let host = Arc::new(Host::new(
-        config.clone(),
-        Arc::clone(&store) as Arc<dyn Store>,
-        Arc::new(SystemClock),
-    )?);
+    let host = host_on(config, &store)?;
     let runner = host.spawn();
     // Applied once the host runs, so that no fire falls in its start-up.
     crate::admin::apply_schedules(store.as_ref(), config, &defs, false, SystemClock.now()).await?;
@@ -713,11 +714,7 @@ async fn contention(
             }
         })
         .await?;
-        let host = Arc::new(Host::new(
-            config.clone(),
-            Arc::clone(&store) as Arc<dyn Store>,
-            Arc::new(SystemClock),
-        )?);
+        let host = host_on(&config, &store)?;
         if host.plugins().get(kind).is_none() {
             bail!(
                 "plugin {kind} did not load: {:?}",
@@ -913,11 +910,7 @@ async fn latency(
     payload: &str,
 ) -> anyhow::Result<LatencyReport> {
     let store = Arc::new(SqliteStore::open(&config.store)?);
-    let host = Arc::new(Host::new(
-        config.clone(),
-        Arc::clone(&store) as Arc<dyn Store>,
-        Arc::new(SystemClock),
-    )?);
+    let host = host_on(config, &store)?;
     host.metrics().keep_samples();
     let runner = host.spawn();
     let n = args.n.min(2000);

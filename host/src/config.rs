@@ -65,6 +65,10 @@ pub struct HostConfig {
     pub pooling: bool,
     /// This host's name in leases and logs.
     pub worker_id: String,
+    /// Cache compiled plugins on disk.
+    pub compile_cache: bool,
+    /// Where; `None`: `jobbox-cache` beside the database.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -139,6 +143,8 @@ impl Config {
             )?,
             pooling: host_raw.pooling.unwrap_or(true),
             worker_id: host_raw.worker_id.unwrap_or_else(default_worker_id),
+            compile_cache: host_raw.compile_cache.unwrap_or(true),
+            cache_dir: host_raw.cache_dir.as_deref().map(|d| base.join(d)),
         };
         for (key, d) in [
             ("host.poll_interval", host.poll_interval),
@@ -230,6 +236,21 @@ impl Config {
     /// The settings for `kind`.
     pub fn plugin(&self, kind: &str) -> &PluginSettings {
         self.plugins.get(kind).unwrap_or(&self.defaults)
+    }
+
+    /// Where compiled plugins are cached, if they are: `host.cache_dir`,
+    /// else `jobbox-cache` beside the database.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        if !self.host.compile_cache {
+            return None;
+        }
+        Some(self.host.cache_dir.clone().unwrap_or_else(|| {
+            self.store
+                .path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("jobbox-cache")
+        }))
     }
 
     /// The largest memory limit of any plugin (sizes the instance pool).
@@ -671,6 +692,8 @@ pub struct RawHost {
     pub epoch_tick: Option<String>,
     pub pooling: Option<bool>,
     pub worker_id: Option<String>,
+    pub compile_cache: Option<bool>,
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

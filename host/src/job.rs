@@ -453,6 +453,8 @@ pub struct AttemptRecord {
     pub fuel_used: Option<u64>,
     pub started_at: Timestamp,
     pub ended_at: Timestamp,
+    /// The SHA-256 of the component it ran on, if a plugin ran.
+    pub component_hash: Option<String>,
 }
 
 /// Where a finished attempt moves its job.
@@ -537,6 +539,7 @@ impl Finish {
                 fuel_used: None,
                 started_at: job.attempted_at,
                 ended_at: now,
+                component_hash: None,
             },
             transition: Transition::Complete { output },
             effects: Effects::default(),
@@ -649,6 +652,8 @@ pub struct AttemptRow {
     pub ended_at: Timestamp,
     pub duration_ms: i64,
     pub fuel_used: Option<u64>,
+    /// The SHA-256 of the component it ran on (none where no plugin ran).
+    pub component_hash: Option<String>,
 }
 
 /// Filters for listing jobs (and for operators' bulk actions).

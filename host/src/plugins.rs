@@ -82,6 +82,28 @@ pub struct Rejected {
     pub reason: String,
 }
 
+/// What a rescan of the plugins directory changed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadReport {
+    /// Kinds that were not loaded before.
+    pub added: Vec<String>,
+    /// Kinds whose component changed: new attempts run the new one.
+    pub replaced: Vec<String>,
+    /// Kinds whose file is gone.
+    pub removed: Vec<String>,
+    /// Kinds whose component is the same (not compiled again).
+    pub unchanged: Vec<String>,
+    /// Files that did not load. A kind that was loaded before keeps its
+    /// previous version.
+    pub rejected: Vec<Rejected>,
+}
+
+impl ReloadReport {
+    pub fn changed(&self) -> bool {
+        !(self.added.is_empty() && self.replaced.is_empty() && self.removed.is_empty())
+    }
+}
+
 impl PluginRegistry {
     /// Loads every `*.wasm` file in `dir`, each with the settings
     /// `settings` gives for its kind.
@@ -90,12 +112,30 @@ impl PluginRegistry {
         dir: &Path,
         settings: impl Fn(&str) -> PluginSettings,
     ) -> PluginRegistry {
-        let mut registry = PluginRegistry::default();
+        PluginRegistry::default().reload(sandbox, dir, settings).0
+    }
+
+    /// Rescans `dir`: the registry it now makes, and what changed against
+    /// this one. A component whose content is unchanged is kept as it is
+    /// (not compiled again); one that does not load (broken, half-written)
+    /// is rejected with a reason naming the file, and a kind that was
+    /// loaded keeps its previous version. A directory that cannot be read
+    /// changes nothing.
+    pub fn reload(
+        &self,
+        sandbox: &Sandbox,
+        dir: &Path,
+        settings: impl Fn(&str) -> PluginSettings,
+    ) -> (PluginRegistry, ReloadReport) {
+        let mut next = PluginRegistry::default();
+        let mut report = ReloadReport::default();
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
             Err(e) => {
-                tracing::warn!(dir = %dir.display(), "cannot read plugins directory: {e}; no plugins loaded");
-                return registry;
+                tracing::warn!(dir = %dir.display(), "cannot read plugins directory: {e}; plugins unchanged");
+                next.plugins = self.plugins.clone();
+                report.unchanged = self.plugins.keys().cloned().collect();
+                return (next, report);
             }
         };
         let mut paths: Vec<PathBuf> = entries
@@ -104,18 +144,50 @@ impl PluginRegistry {
             .collect();
         paths.sort();
         for path in paths {
-            match load_one(sandbox, &settings, &path) {
+            let kind = kind_of(&path);
+            let previous = kind.as_ref().ok().and_then(|k| self.plugins.get(k));
+            match load_one(sandbox, &settings, &path, previous) {
                 Ok((kind, loaded)) => {
-                    tracing::info!(plugin = %kind, path = %path.display(), "plugin loaded");
-                    registry.plugins.insert(kind, loaded);
+                    match previous {
+                        None => {
+                            tracing::info!(plugin = %kind, path = %path.display(), hash = %short(&loaded.content_hash), "plugin loaded");
+                            report.added.push(kind.clone());
+                        }
+                        Some(p) if p.content_hash == loaded.content_hash => {
+                            report.unchanged.push(kind.clone());
+                        }
+                        Some(p) => {
+                            tracing::info!(plugin = %kind, path = %path.display(), from = %short(&p.content_hash), to = %short(&loaded.content_hash), "plugin replaced");
+                            report.replaced.push(kind.clone());
+                        }
+                    }
+                    next.plugins.insert(kind, loaded);
                 }
                 Err(reason) => {
+                    let reason = match previous {
+                        Some(p) => {
+                            next.plugins
+                                .insert(kind.clone().unwrap_or_default(), p.clone());
+                            format!("{reason}; the previous version keeps serving")
+                        }
+                        None => reason,
+                    };
                     tracing::warn!(path = %path.display(), "plugin rejected: {reason}");
-                    registry.rejected.push(Rejected { path, reason });
+                    next.rejected.push(Rejected {
+                        path: path.clone(),
+                        reason: reason.clone(),
+                    });
+                    report.rejected.push(Rejected { path, reason });
                 }
             }
         }
-        registry
+        for kind in self.plugins.keys() {
+            if !next.plugins.contains_key(kind) {
+                tracing::info!(plugin = %kind, "plugin removed");
+                report.removed.push(kind.clone());
+            }
+        }
+        (next, report)
     }
 
     pub fn get(&self, kind: &str) -> Option<&LoadedPlugin> {
@@ -131,23 +203,37 @@ impl PluginRegistry {
     }
 }
 
-fn load_one(
-    sandbox: &Sandbox,
-    settings: &impl Fn(&str) -> PluginSettings,
-    path: &Path,
-) -> Result<(String, LoadedPlugin), String> {
+/// The kind a plugin file serves: its name without `.wasm`.
+fn kind_of(path: &Path) -> Result<String, String> {
     let kind = path
         .file_stem()
         .and_then(|s| s.to_str())
         .ok_or_else(|| format!("{}: file name is not valid UTF-8", path.display()))?
         .to_owned();
     validate_kind(&kind).map_err(|e| format!("{}: {e}", path.display()))?;
-    let settings = settings(&kind);
+    Ok(kind)
+}
+
+/// Loads the plugin at `path`, or keeps `previous` if its content is the
+/// same.
+fn load_one(
+    sandbox: &Sandbox,
+    settings: &impl Fn(&str) -> PluginSettings,
+    path: &Path,
+    previous: Option<&LoadedPlugin>,
+) -> Result<(String, LoadedPlugin), String> {
+    let kind = kind_of(path)?;
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let content_hash = sha256_hex(&bytes);
+    if let Some(p) = previous
+        && p.content_hash == crate::sandbox::sha256_hex(&bytes)
+    {
+        return Ok((kind, p.clone()));
+    }
+    let settings = settings(&kind);
     let plugin = sandbox
         .load_bytes(&kind, &bytes, settings.limits, settings.grants.clone())
         .map_err(|e| format!("{}: {e:#}", path.display()))?;
+    let content_hash = plugin.content_hash().to_owned();
     Ok((
         kind,
         LoadedPlugin {
@@ -159,13 +245,9 @@ fn load_one(
     ))
 }
 
-/// The SHA-256 of `bytes`, as lower-case hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// The first 12 hex digits of a content hash, for logs.
+pub fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
 }
 
 /// Kinds are short names of letters, digits, `-` and `_`.

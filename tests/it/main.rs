@@ -15,6 +15,7 @@ mod outbox;
 mod plugins;
 mod polish;
 mod queue;
+mod reload;
 mod retention;
 mod retry;
 mod safeguards;

@@ -184,6 +184,7 @@ async fn commit_events(h: &Harness, events: Vec<(&str, String)>) {
             fuel_used: None,
             started_at: now,
             ended_at: now,
+            component_hash: None,
         },
         transition: Transition::Complete {
             output: "{}".into(),

@@ -94,6 +94,7 @@ pub const ROUTES: &[(&str, &str, bool)] = &[
     ("POST", "/api/schedules/{id}/resume", true),
     ("POST", "/api/schedules/{id}/trigger", true),
     ("GET", "/api/plugins", false),
+    ("POST", "/api/plugins/reload", true),
     ("POST", "/api/plugins/{kind}/pause", true),
     ("POST", "/api/plugins/{kind}/resume", true),
     ("POST", "/api/plugins/{kind}/breaker/reset", true),
@@ -129,6 +130,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/schedules/{id}/resume", post(schedules::resume))
         .route("/api/schedules/{id}/trigger", post(schedules::trigger))
         .route("/api/plugins", get(operate::plugins))
+        .route("/api/plugins/reload", post(operate::reload))
         .route("/api/plugins/{kind}/pause", post(operate::pause_kind))
         .route("/api/plugins/{kind}/resume", post(operate::resume_kind))
         .route(

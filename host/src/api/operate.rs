@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::schedules::{PauseRequest, Toggled};
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiState};
 use crate::health::HostRecord;
 use crate::outbox::{EventRecord, EventState};
-use crate::plugins::{PluginSettings, Rejected, validate_kind};
+use crate::plugins::{PluginSettings, Rejected, ReloadReport, validate_kind};
 use crate::policy::{BreakerRecord, BreakerState, PauseRecord, PauseScope};
 use crate::store::QueueStats;
 
@@ -140,6 +141,19 @@ pub struct Reset {
     kind: String,
     /// Its state before (`null`: it had none, so it was closed).
     was: Option<BreakerState>,
+}
+
+/// `POST /api/plugins/reload`: rescans the plugins directory now, as a
+/// change to it or SIGHUP does.
+pub async fn reload(State(state): State<Arc<ApiState>>) -> Result<Json<ReloadReport>, ApiError> {
+    let report = state.host.reload_plugins().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "reload_failed",
+            format!("{e:#}"),
+        )
+    })?;
+    Ok(Json(report))
 }
 
 /// `POST /api/plugins/{kind}/breaker/reset`.

@@ -890,6 +890,7 @@ fn load_alone(
         pooling: config.host.pooling,
         max_instances: args.concurrency.saturating_mul(2).saturating_add(8),
         max_memory: config.max_memory(),
+        cache_dir: None,
     })?;
     let path = config.host.plugins_dir.join(format!("{kind}.wasm"));
     let plugin = sandbox

@@ -175,12 +175,15 @@ fn print_job(j: &JobRecord) -> std::io::Result<()> {
     }
     for a in &j.attempts {
         outln!(
-            "  attempt {} (epoch {}): {} in {} ms, fuel {}{}",
+            "  attempt {} (epoch {}): {} in {} ms, fuel {}, component {}{}",
             a.attempt,
             a.epoch,
             a.outcome,
             a.duration_ms,
             a.fuel_used.map_or("-".to_owned(), |f| f.to_string()),
+            a.component_hash
+                .as_deref()
+                .map_or("-", crate::plugins::short),
             a.error
                 .as_deref()
                 .map(|e| format!(": {e}"))

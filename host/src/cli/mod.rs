@@ -458,7 +458,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ),
         false => None,
     };
+    let reloader = tokio::spawn(reload_on_sighup(Arc::clone(&host)));
     let result = host.run(shutdown_signal()).await;
+    reloader.abort();
     let _ = stop_api.send(true);
     if let Some(api) = api {
         api.await
@@ -467,6 +469,31 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     store.close().await.context("closing the database")?;
     result
+}
+
+/// Reloads the plugins on every SIGHUP.
+async fn reload_on_sighup(host: Arc<Host>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP ({e}): reload plugins through the API");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading plugins");
+        match host.reload_plugins().await {
+            Ok(r) => tracing::info!(
+                added = r.added.len(),
+                replaced = r.replaced.len(),
+                removed = r.removed.len(),
+                rejected = r.rejected.len(),
+                "plugins reloaded"
+            ),
+            Err(e) => tracing::error!("reloading plugins: {e:#}"),
+        }
+    }
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

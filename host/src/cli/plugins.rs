@@ -172,6 +172,8 @@ async fn run_isolated(
         pooling: false,
         max_instances: 1,
         max_memory: settings.limits.memory,
+        // A run in isolation writes nothing.
+        cache_dir: None,
     })?;
     let plugin = sandbox
         .load_with_grants(kind, path, settings.limits, settings.grants.clone())
@@ -305,6 +307,7 @@ async fn plugins_list(config: &Config, store: &dyn Store, json: bool) -> anyhow:
         pooling: false,
         max_instances: 1,
         max_memory: config.max_memory(),
+        cache_dir: config.cache_dir(),
     })?;
     let registry = PluginRegistry::load(&sandbox, &config.host.plugins_dir, |kind| {
         config.plugin(kind).clone()

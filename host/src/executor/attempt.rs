@@ -60,8 +60,15 @@ impl Host {
                 std::future::pending::<()>().await;
             }
         };
-        let report = match self.registry.get(&job.kind) {
-            Some(p) => p.plugin.run(&job, &self.run_ctx, cancelled).await,
+        // This attempt runs on the version loaded now, whatever a reload
+        // does meanwhile.
+        let loaded = self
+            .plugins()
+            .get(&job.kind)
+            .map(|p| (Arc::clone(&p.plugin), p.content_hash.clone()));
+        let component_hash = loaded.as_ref().map(|(_, h)| h.clone());
+        let report = match loaded {
+            Some((plugin, _)) => plugin.run(&job, &self.run_ctx, cancelled).await,
             None => RunReport {
                 result: Err(RunError::Retryable {
                     message: format!(
@@ -182,6 +189,7 @@ impl Host {
                 fuel_used: Some(report.fuel_used),
                 started_at: job.attempted_at,
                 ended_at: now,
+                component_hash,
             },
             transition,
             effects: report.effects,

@@ -26,6 +26,7 @@ mod relay;
 mod rescuer;
 mod retry;
 mod scheduler;
+mod watcher;
 
 pub use heartbeat::HEARTBEAT_EVERY;
 pub use scheduler::SchedulerStep;
@@ -45,7 +46,7 @@ use crate::job::KvEntry;
 use crate::job::{AttemptOutcome, ClaimedJob, Enqueued, Fence, JobEvent, JobId, JobState, NewJob};
 use crate::metrics::Metrics;
 use crate::outbox::Backlog;
-use crate::plugins::{PluginRegistry, PluginSettings};
+use crate::plugins::{PluginRegistry, PluginSettings, ReloadReport};
 use crate::policy::{BreakerChange, BreakerState};
 use crate::sandbox::{KvFuture, KvSource, RunContext, Sandbox, SandboxConfig};
 use crate::store::{ClaimRequest, Claimed, Store, StoreError};
@@ -67,7 +68,12 @@ pub struct Host {
     config: Config,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    registry: PluginRegistry,
+    /// The loaded plugins: a snapshot swapped whole by a reload, so that an
+    /// attempt keeps the version it started with.
+    registry: std::sync::RwLock<Arc<PluginRegistry>>,
+    /// Serializes reloads (a std mutex: held while compiling, on a
+    /// blocking thread).
+    reloading: Mutex<()>,
     metrics: Metrics,
     /// Woken by in-process enqueues and by freed slots. `notify_one` keeps
     /// a permit, so a wake that lands while the producer is busy claiming
@@ -145,6 +151,7 @@ impl Host {
             // its store is dropped, slightly after its slot is.
             max_instances: config.host.concurrency.saturating_mul(2).saturating_add(8),
             max_memory: config.max_memory(),
+            cache_dir: config.cache_dir(),
         })
         .context("configuring the wasm engine")?;
         let registry = PluginRegistry::load(&sandbox, &config.host.plugins_dir, |kind| {
@@ -167,7 +174,8 @@ impl Host {
             config,
             store,
             clock,
-            registry,
+            registry: std::sync::RwLock::new(Arc::new(registry)),
+            reloading: Mutex::new(()),
             metrics: Metrics::default(),
             wake: Notify::new(),
             inflight: Mutex::new(InFlight::default()),
@@ -194,8 +202,9 @@ impl Host {
         &self.store
     }
 
-    pub fn plugins(&self) -> &PluginRegistry {
-        &self.registry
+    /// The plugins loaded now.
+    pub fn plugins(&self) -> Arc<PluginRegistry> {
+        Arc::clone(&self.registry.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -257,7 +266,7 @@ impl Host {
                 &self.config.outbox.callback_allow,
             )
             .map_err(|e| StoreError::InvalidJob(e.to_string()))?;
-            if self.registry.get(&job.kind).is_none() {
+            if self.plugins().get(&job.kind).is_none() {
                 tracing::warn!(kind = %job.kind, "enqueued a job of a kind with no plugin loaded");
             }
         }
@@ -335,7 +344,7 @@ impl Host {
     /// configured for it, else `other` (any client may enqueue any kind; a
     /// label per kind would not be bounded).
     pub fn plugin_label<'a>(&self, kind: &'a str) -> &'a str {
-        if self.registry.get(kind).is_some() || self.config.plugins.contains_key(kind) {
+        if self.plugins().get(kind).is_some() || self.config.plugins.contains_key(kind) {
             kind
         } else {
             "other"
@@ -344,10 +353,40 @@ impl Host {
 
     /// The settings for `kind`: its plugin's, else the configured ones.
     pub fn settings(&self, kind: &str) -> &PluginSettings {
-        match self.registry.get(kind) {
-            Some(p) => &p.settings,
-            None => self.config.plugin(kind),
+        // A loaded plugin's settings are the configured ones for its kind.
+        self.config.plugin(kind)
+    }
+
+    /// Rescans the plugins directory (see [`PluginRegistry::reload`]):
+    /// new attempts use what it loaded, attempts running finish on the
+    /// version they started with. Compiles on a blocking thread; one
+    /// reload at a time.
+    pub async fn reload_plugins(self: &Arc<Self>) -> anyhow::Result<ReloadReport> {
+        let host = Arc::clone(self);
+        let report = tokio::task::spawn_blocking(move || {
+            let _one = host.reloading.lock().unwrap_or_else(|p| p.into_inner());
+            let current = host.plugins();
+            let (next, report) =
+                current.reload(&host.sandbox, &host.config.host.plugins_dir, |kind| {
+                    host.config.plugin(kind).clone()
+                });
+            *host.registry.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+            report
+        })
+        .await
+        .context("the reload task failed")?;
+        if report.changed() {
+            // A kind that came back may have jobs waiting.
+            self.wake.notify_one();
         }
+        Ok(report)
+    }
+
+    /// The compiled-plugin cache in use, and what it has done: components
+    /// compiled and loaded compiled from it.
+    pub fn compile_stats(&self) -> (Option<&std::path::Path>, u64, u64) {
+        let (compiled, loaded) = self.sandbox.compile_stats();
+        (self.sandbox.cache_dir(), compiled, loaded)
     }
 
     /// Runs the host until `shutdown` resolves, then shuts down gracefully:
@@ -364,11 +403,12 @@ impl Host {
             .enabled
             .then(|| tokio::spawn(Arc::clone(self).scheduler(stop_rx.clone())));
         let cleaner = tokio::spawn(Arc::clone(self).cleaner(stop_rx.clone()));
+        let watcher = tokio::spawn(Arc::clone(self).watch_plugins(stop_rx.clone()));
         let heartbeat = tokio::spawn(Arc::clone(self).heartbeat(stop_rx));
         tracing::info!(
             worker = %self.config.host.worker_id,
-            plugins = self.registry.loaded().count(),
-            rejected = self.registry.rejected().len(),
+            plugins = self.plugins().loaded().count(),
+            rejected = self.plugins().rejected().len(),
             concurrency = self.config.host.concurrency,
             "host started"
         );
@@ -517,6 +557,7 @@ impl Host {
         }
         let _ = cleaner.await;
         let _ = heartbeat.await;
+        let _ = watcher.await;
         tracing::info!("host stopped");
         Ok(())
     }
@@ -539,11 +580,12 @@ impl Host {
                 total = total.min(limit - busy);
             }
         };
-        for (kind, p) in self.registry.loaded() {
+        let registry = self.plugins();
+        for (kind, p) in registry.loaded() {
             capped(kind, p.settings.concurrency);
         }
         for (kind, s) in &self.config.plugins {
-            if self.registry.get(kind).is_none() {
+            if registry.get(kind).is_none() {
                 capped(kind, s.concurrency);
             }
         }
@@ -553,9 +595,7 @@ impl Host {
             let busiest = inflight
                 .per_kind
                 .iter()
-                .filter(|(k, _)| {
-                    self.registry.get(k).is_none() && !self.config.plugins.contains_key(*k)
-                })
+                .filter(|(k, _)| registry.get(k).is_none() && !self.config.plugins.contains_key(*k))
                 .map(|(_, n)| *n)
                 .max()
                 .unwrap_or(0);

@@ -12,6 +12,7 @@
 //! [`ClaimedJob`](crate::job::ClaimedJob) and reports how the run ended.
 
 mod bindings;
+mod cache;
 mod effects;
 mod grants;
 mod host_state;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 use crate::job::{ClaimedJob, Effects};
@@ -56,6 +57,8 @@ pub struct SandboxConfig {
     pub max_instances: u32,
     /// The largest single linear memory any plugin may have (pooling only).
     pub max_memory: usize,
+    /// Where compiled plugins are cached (`None`: compile every time).
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -65,6 +68,7 @@ impl Default for SandboxConfig {
             pooling: true,
             max_instances: 64,
             max_memory: Limits::default().memory,
+            cache_dir: None,
         }
     }
 }
@@ -81,6 +85,7 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
     ticker: Ticker,
+    cache: cache::CompileCache,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -92,6 +97,8 @@ impl std::fmt::Debug for Sandbox {
 /// A compiled plugin, ready to instantiate.
 pub struct Plugin {
     name: Arc<str>,
+    /// The SHA-256 of the component's bytes, hex: which build this is.
+    content_hash: Arc<str>,
     pre: PluginPre<HostState>,
     limits: Limits,
     grants: Arc<Grants>,
@@ -198,11 +205,19 @@ impl Sandbox {
             .map_err(wasmtime_error)?;
         bindings::Plugin::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(wasmtime_error)?;
+        let cache = match cache::CompileCache::new(&engine, config.cache_dir.as_deref()) {
+            Ok(cache) => cache,
+            Err(e) => {
+                tracing::warn!("compiled plugin cache not used: {e:#}");
+                cache::CompileCache::new(&engine, None)?
+            }
+        };
         let ticker = Ticker::start(engine.clone(), config.epoch_tick);
         Ok(Sandbox {
             engine,
             linker,
             ticker,
+            cache,
         })
     }
 
@@ -236,7 +251,11 @@ impl Sandbox {
         if !wasmparser_is_component(bytes) {
             anyhow::bail!("not a WebAssembly component (a core module or another file)");
         }
-        let component = Component::new(&self.engine, bytes).map_err(wasmtime_error)?;
+        let content_hash = sha256_hex(bytes);
+        let component = self
+            .cache
+            .component(&self.engine, bytes, &content_hash)
+            .map_err(wasmtime_error)?;
         // Name a version mismatch plainly rather than as a missing import.
         for (name, _) in component.component_type().imports(&self.engine) {
             if let Some((_, version)) = name
@@ -258,6 +277,7 @@ impl Sandbox {
             .map_err(|e| anyhow::anyhow!("does not implement world jobbox:plugin/plugin: {e:#}"))?;
         Ok(Plugin {
             name: name.into(),
+            content_hash: content_hash.into(),
             pre,
             limits,
             grants: Arc::new(grants),
@@ -269,6 +289,26 @@ impl Sandbox {
     pub fn epoch_tick(&self) -> Duration {
         self.ticker.tick
     }
+
+    /// Components compiled, and loaded compiled from the cache, since this
+    /// sandbox was made.
+    pub fn compile_stats(&self) -> (u64, u64) {
+        self.cache.stats()
+    }
+
+    /// The compiled-plugin cache's directory, if one is in use.
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache.dir()
+    }
+}
+
+/// The SHA-256 of `bytes`, as lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Carries a wasmtime error, with its chain of causes, into `anyhow`.
@@ -286,6 +326,11 @@ fn wasmparser_is_component(bytes: &[u8]) -> bool {
 impl Plugin {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The SHA-256 of the component's bytes, hex.
+    pub fn content_hash(&self) -> &str {
+        &self.content_hash
     }
 
     pub fn limits(&self) -> Limits {

@@ -38,6 +38,7 @@ pub(super) fn job(conn: &Connection, id: JobId) -> Result<Option<JobRecord>> {
             ended_at: Timestamp(r.get(5)?),
             duration_ms: r.get(6)?,
             fuel_used: r.get(7)?,
+            component_hash: r.get(8)?,
         })
     })?;
     job.attempts = rows.collect::<rusqlite::Result<_>>()?;

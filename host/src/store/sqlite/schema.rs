@@ -215,6 +215,11 @@ const MIGRATIONS: &[&str] = &[
         in_flight  INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 5: which build of its plugin each attempt ran (the component's
+    // SHA-256; NULL where no plugin ran, as for a rescued lease).
+    r#"
+    ALTER TABLE attempts ADD COLUMN component_hash TEXT;
+    "#,
 ];
 
 /// The schema version this binary writes.

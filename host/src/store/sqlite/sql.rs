@@ -217,8 +217,8 @@ pub const DELETE_PAUSE: &str = "DELETE FROM pauses WHERE scope = ?1 AND name = ?
 /// The attempt row that goes with every transition out of running.
 pub const INSERT_ATTEMPT: &str = "
     INSERT INTO attempts (job_id, epoch, attempt, outcome, error, fuel_used,
-                          started_at, ended_at, duration_ms)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+                          started_at, ended_at, duration_ms, component_hash)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 
 /// heartbeat: running → running with a later lease. ?1 id, ?2 epoch,
 /// ?3 new expiry.
@@ -422,7 +422,7 @@ pub const JOB_COLUMNS: &str = "
 
 pub const SELECT_ATTEMPTS: &str = "
     SELECT attempt, epoch, outcome, error, started_at, ended_at, duration_ms,
-           fuel_used
+           fuel_used, component_hash
     FROM attempts WHERE job_id = ?1 ORDER BY epoch";
 
 pub const COUNT_BY_STATE: &str = "SELECT state, COUNT(*) FROM jobs GROUP BY state";

@@ -556,6 +556,7 @@ fn insert_attempt(conn: &Connection, fence: Fence, a: &AttemptRecord) -> Result<
         a.started_at.0,
         a.ended_at.0,
         duration_ms(a.ended_at.since(a.started_at)),
+        a.component_hash,
     ])?;
     Ok(())
 }
@@ -614,6 +615,7 @@ pub(super) fn rescue(
             fuel_used: None,
             started_at: lease.attempted_at,
             ended_at: now,
+            component_hash: None,
         },
         transition: transition.clone(),
         effects: Effects::default(),
@@ -674,6 +676,7 @@ pub(super) fn cancel_job(conn: &Connection, id: JobId, now: Timestamp) -> Result
         fuel_used: None,
         started_at: attempted_at.unwrap_or(now),
         ended_at: now,
+        component_hash: None,
     };
     insert_attempt(conn, Fence { id, epoch }, &record)?;
     Ok(JobState::Cancelled)

@@ -224,11 +224,15 @@ impl Health {
         }
     }
 
-    /// Whether the host may claim: every loop but the producer is fresh
-    /// (the producer's own claims are how it recovers, so its staleness
-    /// does not stop them).
+    /// Whether the host may claim: every loop it needs to see a claim
+    /// through is fresh. The producer's own staleness does not stop claims
+    /// (its claims are how it recovers), nor does the relay's: events wait
+    /// durably in the outbox, so a receiver that refuses every delivery
+    /// must not stop the jobs of every other kind.
     pub fn may_claim(&self) -> bool {
-        self.readiness().stale().all(|l| l.name == Loop::Producer)
+        self.readiness()
+            .stale()
+            .all(|l| matches!(l.name, Loop::Producer | Loop::Relay))
     }
 
     /// How long since each loop's last success (since start if none).

@@ -472,6 +472,11 @@ async fn schedules_plugins_queues_outbox_and_hosts() {
     );
     let r = api.post("/api/plugins/echo/breaker/reset", json!({})).await;
     assert_eq!(r.body["was"], Value::Null);
+    // A rescan that finds the directory as it was.
+    let r = api.post("/api/plugins/reload", json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["unchanged"], json!(["echo"]));
+    assert_eq!(r.body["replaced"], json!([]));
 
     // Queues.
     let r = api
@@ -678,6 +683,15 @@ async fn readiness_fails_while_every_delivery_fails_and_recovers() {
         "{stats}"
     );
     assert_eq!(stats["relay"]["delivered"], 0, "{stats}");
+    // A receiver that refuses everything does not stop claims: the events
+    // wait in the outbox, other work goes on.
+    let other = host
+        .enqueue(vec![job("emit", r#"{"events":[]}"#)])
+        .await
+        .unwrap()[0]
+        .id;
+    h.wait_for_state(other, JobState::Completed, Duration::from_secs(10))
+        .await;
 
     refusing.store(false, Ordering::SeqCst);
     wait_until(Duration::from_secs(10), "readiness to recover", || async {

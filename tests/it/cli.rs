@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use jobbox::job::{AttemptOutcome, JobState};
 use jobbox::store::Store;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::binary::{Env, signal, stderr_of, wait};
 
@@ -339,6 +339,14 @@ fn bench_measures_the_api() {
     let r = json(&["--idle", "1"]);
     let share = r["core_percent"].as_f64().unwrap();
     assert!((0.0..100.0).contains(&share), "{r}");
+
+    // Start-up: distinct builds compile cold, and load from the cache warm.
+    let r = json(&["--startup", "3"]);
+    assert_eq!(
+        (&r["cold_compiled"], &r["warm_compiled"], &r["warm_cached"]),
+        (&json!(3), &json!(0), &json!(3)),
+        "{r}"
+    );
 
     let e = env.fails(&["bench", "--http", "--idle", "1"]);
     assert!(e.contains("cannot be used with"), "{e}");

@@ -41,7 +41,7 @@ use crate::time::{Clock, SystemClock};
 #[command(group(
     clap::ArgGroup::new("mode")
         .multiple(false)
-        .args(["latency", "runaway", "schedule", "contention", "http", "overhead", "observe", "idle"])
+        .args(["latency", "runaway", "schedule", "contention", "http", "overhead", "observe", "idle", "startup"])
 ))]
 pub struct BenchArgs {
     /// Jobs to run.
@@ -101,6 +101,10 @@ pub struct BenchArgs {
     /// The CPU an idle host with its API uses, over this many seconds.
     #[arg(long, value_name = "SECS")]
     pub idle: Option<u64>,
+    /// Start-up of a host with this many plugins (distinct builds of
+    /// `--plugin`), with an empty compile cache and then a warm one.
+    #[arg(long, value_name = "PLUGINS")]
+    pub startup: Option<usize>,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -264,6 +268,22 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
             )
         });
     }
+    if let Some(n) = args.startup {
+        let r = startup(&config, &args, tmp.path(), n)?;
+        return print(&r, args.json, || {
+            format!(
+                "startup ({} plugins of {} KiB, distinct builds of {}): cold {:.0} ms ({} compiled), warm {:.0} ms ({} compiled, {} from the cache)",
+                r.plugins,
+                r.component_kib,
+                r.plugin,
+                r.cold_ms,
+                r.cold_compiled,
+                r.warm_ms,
+                r.warm_compiled,
+                r.warm_cached
+            )
+        });
+    }
     if let Some(secs) = args.idle {
         if secs == 0 {
             bail!("--idle must be at least 1 second");
@@ -423,6 +443,104 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         print_throughput(&report);
     }
     Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct StartupReport {
+    plugin: String,
+    plugins: usize,
+    component_kib: usize,
+    /// `Host::new` (engine, plugins loaded) with an empty cache.
+    cold_ms: f64,
+    cold_compiled: u64,
+    /// The same again, the cache filled.
+    warm_ms: f64,
+    warm_compiled: u64,
+    warm_cached: u64,
+}
+
+/// Makes `n` distinct builds of `--plugin` (the same code, each with a
+/// custom section of its own, so each has its own content hash) and times
+/// a host's start twice: cold, then warm.
+fn startup(
+    config: &Config,
+    args: &BenchArgs,
+    dir: &std::path::Path,
+    n: usize,
+) -> anyhow::Result<StartupReport> {
+    if n == 0 {
+        bail!("--startup must be at least 1");
+    }
+    let source = config
+        .host
+        .plugins_dir
+        .join(format!("{}.wasm", args.plugin));
+    let bytes = std::fs::read(&source).with_context(|| format!("reading {}", source.display()))?;
+    let mut config = config.clone();
+    config.host.plugins_dir = dir.join("startup-plugins");
+    config.store.path = dir.join("startup.db");
+    config.host.compile_cache = true;
+    config.host.cache_dir = Some(dir.join("startup-cache"));
+    std::fs::create_dir_all(&config.host.plugins_dir)?;
+    for i in 0..n {
+        let mut variant = bytes.clone();
+        variant.extend(custom_section("jobbox-bench", format!("{i}").as_bytes()));
+        let path = config
+            .host
+            .plugins_dir
+            .join(format!("{}-{i:02}.wasm", args.plugin));
+        std::fs::write(path, variant)?;
+    }
+    let store = Arc::new(SqliteStore::open(&config.store)?);
+    let time = || -> anyhow::Result<(f64, u64, u64)> {
+        let t0 = Instant::now();
+        let host = host_on(&config, &store)?;
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let loaded = host.plugins().loaded().count();
+        if loaded != n {
+            bail!(
+                "{loaded} of {n} plugins loaded: {:?}",
+                host.plugins().rejected()
+            );
+        }
+        let (_, compiled, cached) = host.compile_stats();
+        Ok((ms, compiled, cached))
+    };
+    let (cold_ms, cold_compiled, _) = time()?;
+    let (warm_ms, warm_compiled, warm_cached) = time()?;
+    Ok(StartupReport {
+        plugin: args.plugin.clone(),
+        plugins: n,
+        component_kib: bytes.len() / 1024,
+        cold_ms,
+        cold_compiled,
+        warm_ms,
+        warm_compiled,
+        warm_cached,
+    })
+}
+
+/// A custom section (id 0): its name and contents, length-prefixed.
+fn custom_section(name: &str, contents: &[u8]) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut body = Vec::new();
+    leb128(name.len(), &mut body);
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(contents);
+    let mut section = vec![0];
+    leb128(body.len(), &mut section);
+    section.extend(body);
+    section
 }
 
 /// A host on `store`, with the system clock.

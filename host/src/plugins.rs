@@ -265,3 +265,119 @@ pub fn validate_kind(kind: &str) -> Result<(), String> {
         ))
     }
 }
+
+/// What `jobbox plugins check` finds in one component.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckReport {
+    pub kind: Option<String>,
+    pub path: PathBuf,
+    pub content_hash: Option<String>,
+    pub bytes: u64,
+    /// Whether the host would load it (`error` says why not).
+    pub loads: bool,
+    pub error: Option<String>,
+    /// The interfaces it imports.
+    pub imports: Vec<String>,
+    /// What the configuration grants its kind.
+    pub grants: GrantSummary,
+    /// Imports the configuration does not grant: each would be denied at
+    /// run time.
+    pub ungranted: Vec<String>,
+    /// Imports no configuration can grant (sockets, files): each call
+    /// finds nothing or is refused.
+    pub denied: Vec<String>,
+}
+
+/// A kind's grants, as `plugins check` reports them.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct GrantSummary {
+    pub kv: bool,
+    pub outbox_topics: Vec<String>,
+    pub http_allow: Vec<String>,
+}
+
+impl CheckReport {
+    /// Whether the component loads and uses nothing it is not granted.
+    pub fn ok(&self) -> bool {
+        self.loads && self.ungranted.is_empty()
+    }
+}
+
+/// Checks the component at `path` against the world and against what the
+/// configuration (`settings`, for its kind) grants.
+pub fn check(
+    sandbox: &Sandbox,
+    path: &Path,
+    settings: impl Fn(&str) -> PluginSettings,
+) -> CheckReport {
+    let mut report = CheckReport {
+        kind: None,
+        path: path.to_owned(),
+        content_hash: None,
+        bytes: 0,
+        loads: false,
+        error: None,
+        imports: Vec::new(),
+        grants: GrantSummary::default(),
+        ungranted: Vec::new(),
+        denied: Vec::new(),
+    };
+    let kind = match kind_of(path) {
+        Ok(kind) => kind,
+        Err(e) => {
+            report.error = Some(e);
+            return report;
+        }
+    };
+    let settings = settings(&kind);
+    report.kind = Some(kind.clone());
+    let g = &settings.grants;
+    report.grants = GrantSummary {
+        kv: g.kv,
+        outbox_topics: g.outbox_topics.keys().cloned().collect(),
+        http_allow: g
+            .http
+            .iter()
+            .map(|r| format!("{}://{}:{}", r.scheme, r.host, r.port))
+            .collect(),
+    };
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            report.error = Some(format!("{}: {e}", path.display()));
+            return report;
+        }
+    };
+    report.bytes = bytes.len() as u64;
+    report.content_hash = Some(crate::sandbox::sha256_hex(&bytes));
+    let (imports, loads) = sandbox.inspect(&bytes);
+    report.loads = loads.is_ok();
+    report.error = loads.err();
+    for import in &imports {
+        let interface = import.split('@').next().unwrap_or(import);
+        let missing = match interface {
+            "jobbox:plugin/kv" if !g.kv => Some(format!(
+                "{import}: plugins.{kind}.kv is not granted, so every kv call is denied"
+            )),
+            "jobbox:plugin/outbox" if g.outbox_topics.is_empty() => Some(format!(
+                "{import}: plugins.{kind}.outbox_topics grants no topic, so every emit is denied"
+            )),
+            "wasi:http/outgoing-handler" if g.http.is_empty() => Some(format!(
+                "{import}: plugins.{kind}.http_allow names no destination, so every request is denied"
+            )),
+            _ => None,
+        };
+        report.ungranted.extend(missing);
+        if interface.starts_with("wasi:sockets/") {
+            report
+                .denied
+                .push(format!("{import}: sockets are denied to every plugin"));
+        } else if interface == "wasi:filesystem/preopens" {
+            report.denied.push(format!(
+                "{import}: no directory is preopened for any plugin"
+            ));
+        }
+    }
+    report.imports = imports;
+    report
+}

@@ -130,6 +130,78 @@ fn plugins_list_shows_limits_and_rejections() {
     );
 }
 
+/// `plugins check` says, before any host runs them, which components do
+/// not load and which import a capability their kind is not granted.
+#[test]
+fn plugins_check_flags_what_would_be_denied() {
+    let env = Env::new(
+        &["echo", "ledger-credit", "webhook-notify", "not-a-plugin"],
+        "",
+    );
+    let out = env.run(&["plugins", "check", "--json"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("3 of 4 components failed the check"),
+        "{stderr}"
+    );
+    let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by_kind = |kind: &str| {
+        reports
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["kind"] == kind)
+            .unwrap()
+            .clone()
+    };
+    let echo = by_kind("echo");
+    assert_eq!(
+        (&echo["loads"], &echo["ungranted"]),
+        (&json!(true), &json!([]))
+    );
+    assert_eq!(echo["content_hash"].as_str().unwrap().len(), 64);
+    let ledger = by_kind("ledger-credit");
+    let ungranted = ledger["ungranted"].to_string();
+    assert!(
+        ungranted.contains("jobbox:plugin/kv") && ungranted.contains("jobbox:plugin/outbox"),
+        "{ledger}"
+    );
+    let hook = by_kind("webhook-notify");
+    assert!(
+        hook["ungranted"]
+            .to_string()
+            .contains("wasi:http/outgoing-handler"),
+        "{hook}"
+    );
+    let bad = by_kind("not-a-plugin");
+    assert_eq!(bad["loads"], false);
+    assert!(
+        bad["error"].as_str().unwrap().contains("no export `run`"),
+        "{bad}"
+    );
+
+    // Granted in the config, the same component passes; one file at a time.
+    let granted = Env::new(
+        &["webhook-notify"],
+        "[plugins.webhook-notify]\nhttp_allow = [{ url = \"https://hooks.example.com\" }]\n",
+    );
+    let plugins = granted.ok(&["plugins", "list", "--json"]);
+    let path: Value = serde_json::from_str(&plugins).unwrap();
+    let file = path["plugins"][0]["path"].as_str().unwrap().to_owned();
+    let text = granted.ok(&["plugins", "check", &file]);
+    assert!(
+        text.contains("webhook-notify") && text.contains(": ok"),
+        "{text}"
+    );
+    assert!(
+        text.contains("http [https://hooks.example.com:443]"),
+        "{text}"
+    );
+    let e = granted.fails(&["plugins", "check", "/nonexistent/x.wasm"]);
+    assert!(e.contains("no such file or directory"), "{e}");
+}
+
 /// Kill -9 mid-run, restart: every job completes exactly once, none lost.
 #[test]
 fn kill_9_then_restart_loses_nothing() {

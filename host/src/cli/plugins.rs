@@ -32,6 +32,16 @@ pub enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check components before the host runs them: each loads as a plugin,
+    /// and imports nothing its kind is not granted (e.g. `wasi:http`
+    /// without `http_allow`). Exits non-zero if any does not.
+    Check {
+        /// Components or directories of them (default: the plugins
+        /// directory).
+        paths: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop claiming jobs of a kind (attempts already running finish).
     Pause {
         kind: String,
@@ -82,6 +92,7 @@ pub async fn main(config: &Config, cmd: PluginsCommand) -> anyhow::Result<()> {
             store.close().await?;
             result
         }
+        PluginsCommand::Check { paths, json } => plugins_check(config, paths, json),
         PluginsCommand::Pause { kind, note } => {
             validate_kind(&kind).map_err(anyhow::Error::msg)?;
             super::with_store(config, |store| async move {
@@ -299,6 +310,90 @@ impl KvSource for MemoryKv {
             .collect();
         Box::pin(async move { Ok(entries) })
     }
+}
+
+fn plugins_check(config: &Config, paths: Vec<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let paths = if paths.is_empty() {
+        vec![config.host.plugins_dir.clone()]
+    } else {
+        paths
+    };
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut wasm: Vec<PathBuf> = std::fs::read_dir(&path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
+                .collect();
+            wasm.sort();
+            if wasm.is_empty() {
+                anyhow::bail!("{}: no .wasm files", path.display());
+            }
+            files.extend(wasm);
+        } else if path.is_file() {
+            files.push(path);
+        } else {
+            anyhow::bail!("{}: no such file or directory", path.display());
+        }
+    }
+    let sandbox = Sandbox::new(&SandboxConfig {
+        epoch_tick: Duration::from_millis(10),
+        pooling: false,
+        max_instances: 1,
+        max_memory: config.max_memory(),
+        // A check writes nothing.
+        cache_dir: None,
+    })?;
+    let reports: Vec<_> = files
+        .iter()
+        .map(|f| crate::plugins::check(&sandbox, f, |kind| config.plugin(kind).clone()))
+        .collect();
+    let failed = reports.iter().filter(|r| !r.ok()).count();
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&reports)?)?;
+    } else {
+        for r in &reports {
+            let verdict = match (r.loads, r.ungranted.len()) {
+                (false, _) => "does not load".to_owned(),
+                (true, 0) => "ok".to_owned(),
+                (true, n) => format!("{n} import(s) not granted"),
+            };
+            outln!(
+                "{} ({}, {} KiB{}): {verdict}",
+                r.kind.as_deref().unwrap_or("?"),
+                r.path.display(),
+                r.bytes / 1024,
+                r.content_hash
+                    .as_deref()
+                    .map(|h| format!(", {}", crate::plugins::short(h)))
+                    .unwrap_or_default()
+            )?;
+            if let Some(e) = &r.error {
+                outln!("  error: {e}")?;
+            }
+            for u in &r.ungranted {
+                outln!("  not granted: {u}")?;
+            }
+            for d in &r.denied {
+                outln!("  always denied: {d}")?;
+            }
+            if !r.imports.is_empty() {
+                outln!("  imports: {}", r.imports.join(", "))?;
+            }
+            let g = &r.grants;
+            outln!(
+                "  grants: kv {}, outbox topics [{}], http [{}]",
+                if g.kv { "yes" } else { "no" },
+                g.outbox_topics.join(", "),
+                g.http_allow.join(", ")
+            )?;
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} components failed the check", reports.len());
+    }
+    Ok(())
 }
 
 async fn plugins_list(config: &Config, store: &dyn Store, json: bool) -> anyhow::Result<()> {

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 use crate::job::{ClaimedJob, Effects};
@@ -248,6 +248,13 @@ impl Sandbox {
         limits: Limits,
         grants: Grants,
     ) -> anyhow::Result<Plugin> {
+        let (component, content_hash) = self.compile(bytes)?;
+        self.plugin_from(name, &component, content_hash, limits, grants)
+    }
+
+    /// The component in `bytes` (from the cache, or compiled), with its
+    /// content hash.
+    fn compile(&self, bytes: &[u8]) -> anyhow::Result<(Component, String)> {
         if !wasmparser_is_component(bytes) {
             anyhow::bail!("not a WebAssembly component (a core module or another file)");
         }
@@ -256,6 +263,18 @@ impl Sandbox {
             .cache
             .component(&self.engine, bytes, &content_hash)
             .map_err(wasmtime_error)?;
+        Ok((component, content_hash))
+    }
+
+    /// `component` as a plugin, if it implements the world.
+    fn plugin_from(
+        &self,
+        name: &str,
+        component: &Component,
+        content_hash: String,
+        limits: Limits,
+        grants: Grants,
+    ) -> anyhow::Result<Plugin> {
         // Name a version mismatch plainly rather than as a missing import.
         for (name, _) in component.component_type().imports(&self.engine) {
             if let Some((_, version)) = name
@@ -271,7 +290,7 @@ impl Sandbox {
         }
         let instance_pre = self
             .linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(wasmtime_error)?;
         let pre = PluginPre::new(instance_pre)
             .map_err(|e| anyhow::anyhow!("does not implement world jobbox:plugin/plugin: {e:#}"))?;
@@ -288,6 +307,33 @@ impl Sandbox {
     /// The epoch tick in force.
     pub fn epoch_tick(&self) -> Duration {
         self.ticker.tick
+    }
+
+    /// What the component in `bytes` imports (interface names, sorted),
+    /// and whether it loads as a plugin (the error, as `load_bytes` would
+    /// give it, if not). Nothing is instantiated.
+    pub fn inspect(&self, bytes: &[u8]) -> (Vec<String>, Result<(), String>) {
+        let (component, content_hash) = match self.compile(bytes) {
+            Ok(c) => c,
+            Err(e) => return (Vec::new(), Err(format!("{e:#}"))),
+        };
+        let mut imports: Vec<String> = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        imports.sort();
+        let loads = self
+            .plugin_from(
+                "check",
+                &component,
+                content_hash,
+                Limits::default(),
+                Grants::default(),
+            )
+            .map(drop)
+            .map_err(|e| format!("{e:#}"));
+        (imports, loads)
     }
 
     /// Components compiled, and loaded compiled from the cache, since this

@@ -108,3 +108,41 @@ async fn per_plugin_concurrency_is_respected() {
     }
     running.stop().await;
 }
+
+/// A plugin with a typed payload (`TypedGuest`): a payload that does not
+/// deserialize is a permanent error naming the field, never a trap, and
+/// the job is discarded at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typed_payload_that_does_not_fit_names_the_field() {
+    let h = Harness::new(&["sleepy"], "");
+    let running = h.start();
+    let bad = running
+        .enqueue_one(job("sleepy", r#"{"ms": "soon"}"#))
+        .await;
+    let unknown = running
+        .enqueue_one(job("sleepy", r#"{"ms": 1, "extra": true}"#))
+        .await;
+    let bad = h
+        .wait_for_state(bad, JobState::Discarded, Duration::from_secs(10))
+        .await;
+    assert_eq!(bad.attempts.len(), 1, "no retry of a permanent error");
+    assert_eq!(bad.attempts[0].outcome, AttemptOutcome::PermanentError);
+    let error = bad.error.unwrap();
+    assert!(
+        error.contains("payload.ms: invalid type: string \"soon\""),
+        "{error}"
+    );
+    let unknown = h
+        .wait_for_state(unknown, JobState::Discarded, Duration::from_secs(10))
+        .await;
+    assert!(
+        unknown
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("unknown field `extra`"),
+        "{:?}",
+        unknown.error
+    );
+    running.stop().await;
+}

@@ -1,22 +1,24 @@
-//! Example jobbox plugin `echo`: returns its payload unchanged as its output.
-//!
-//! It logs, at info level, the values a plugin with side effects would hand
-//! to an external system: the idempotency key (stable across retries), the
-//! attempt number and the fencing token (which grows with every claim).
+//! Example jobbox plugin `echo`: returns its payload (any JSON) as its
+//! output. It logs, at info level, the values a plugin with side effects
+//! would hand to an external system: the idempotency key (stable across
+//! retries), the attempt number and the fencing token (which grows with
+//! every claim).
 
-use jobbox_sdk::{Guest, Job, JobError, Output, log};
+use jobbox_sdk::{JobError, JobOf, Output, TypedGuest, log};
+use serde_json::Value;
 
-/// The plugin; it holds no state, as every attempt runs in a fresh instance.
 struct Echo;
 
-impl Guest for Echo {
-    fn run(job: Job) -> Result<Output, JobError> {
+impl TypedGuest for Echo {
+    type Payload = Value;
+
+    fn run(job: JobOf<Value>) -> Result<Output, JobError> {
         log::info(&format!(
             "echo: idempotency_key={} attempt={} fencing_token={}",
             job.idempotency_key, job.attempt, job.fencing_token
         ));
-        Ok(Output::new(job.payload))
+        Ok(Output::json(&job.payload))
     }
 }
 
-jobbox_sdk::export!(Echo);
+jobbox_sdk::export_typed!(Echo);

@@ -90,6 +90,11 @@ pub mod bindings {
 
 pub mod kv;
 pub mod outbox;
+#[cfg(feature = "json")]
+mod typed;
+
+#[cfg(feature = "json")]
+pub use typed::{JobOf, TypedGuest, run_typed};
 
 #[cfg(feature = "http")]
 pub mod http;

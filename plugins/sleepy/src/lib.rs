@@ -17,7 +17,7 @@
 use std::thread;
 use std::time::Duration;
 
-use jobbox_sdk::{Guest, Job, JobError, Output, log};
+use jobbox_sdk::{JobError, JobOf, Output, TypedGuest, log};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -32,14 +32,15 @@ struct Payload {
     ms: u64,
 }
 
-impl Guest for Sleepy {
-    fn run(job: Job) -> Result<Output, JobError> {
-        let payload: Payload = serde_json::from_str(&job.payload)
-            .map_err(|e| JobError::permanent(format!("invalid payload: {e}")))?;
+impl TypedGuest for Sleepy {
+    type Payload = Payload;
+
+    fn run(job: JobOf<Payload>) -> Result<Output, JobError> {
+        let payload = job.payload;
         thread::sleep(Duration::from_millis(payload.ms));
         log::warn(&format!("EFFECT job={} attempt={}", job.id, job.attempt));
         Ok(Output::json(&json!({ "slept": payload.ms })))
     }
 }
 
-jobbox_sdk::export!(Sleepy);
+jobbox_sdk::export_typed!(Sleepy);

@@ -452,6 +452,12 @@ async fn plugins_list(config: &Config, store: &dyn Store, json: bool) -> anyhow:
             humantime::format_duration(s.retry.max),
         )?;
         outln!(
+            "  {:<16} component {} ({})",
+            "",
+            crate::plugins::short(&p.content_hash),
+            p.path.display()
+        )?;
+        outln!(
             "  {:<16} breaker: {}  rate: {}{}",
             "",
             breaker_text(s.breaker.is_some(), breaker(kind)),

@@ -300,70 +300,55 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     if let Some(fires) = args.schedule {
         config.store.path = tmp.path().join("schedule.db");
         let report = schedule_latency(&config, &args, fires).await?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
+        return print(&report, args.json, || {
             let p = &report.fire_to_start_ms;
-            println!(
+            format!(
                 "schedule ({} fires of an every-1s schedule, {}): fire time → job start p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
                 report.fires, report.plugin, p.p50, p.p90, p.p99, p.max
-            );
-        }
-        return Ok(());
+            )
+        });
     }
 
     if let Some(keys) = args.contention {
         let report = contention(&config, &args, keys, tmp.path()).await?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            println!(
+        return print(&report, args.json, || {
+            let mut text = format!(
                 "contention: {} kv-counter jobs over {} keys, concurrency {}, synchronous={:?}",
                 report.n, report.keys, report.concurrency, report.sync
             );
             for r in [&report.without_key, &report.with_key] {
-                println!(
-                    "  {:<24} {:>8.0} jobs/s  {:>6.2} wasted attempts per job ({} kv conflicts)  {} discarded",
+                text.push_str(&format!(
+                    "\n  {:<24} {:>8.0} jobs/s  {:>6.2} wasted attempts per job ({} kv conflicts)  {} discarded",
                     r.variant, r.jobs_per_sec, r.wasted_per_job, r.kv_conflicts, r.discarded
-                );
+                ));
             }
-        }
-        return Ok(());
+            text
+        });
     }
 
     if let Some(deadline) = &args.runaway {
         let deadline = crate::config::parse_duration(deadline).map_err(anyhow::Error::msg)?;
         let report = runaway(&config, &args, deadline).await?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
+        return print(&report, args.json, || {
             let p = &report.overshoot_ms;
-            println!(
+            format!(
                 "runaway ({} runs of {}, deadline {} ms): stopped after the deadline by p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
                 report.n, report.plugin, report.deadline_ms, p.p50, p.p90, p.p99, p.max
-            );
-        }
-        return Ok(());
+            )
+        });
     }
 
     if args.latency {
         config.store.path = tmp.path().join("latency.db");
         let report = latency(&config, &args, payload).await?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            let p = &report.enqueue_to_start_ms;
-            println!(
-                "latency ({} jobs, {}, sync={:?}): enqueue → start p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-                report.n, report.plugin, report.sync, p.p50, p.p90, p.p99, p.max
-            );
-            let d = &report.enqueue_to_durable_ms;
-            println!(
-                "                enqueue → durable completion p50 {:.2} ms, p99 {:.2} ms",
-                d.p50, d.p99
-            );
-        }
-        return Ok(());
+        return print(&report, args.json, || {
+            let (p, d) = (&report.enqueue_to_start_ms, &report.enqueue_to_durable_ms);
+            format!(
+                "latency ({} jobs, {}, sync={:?}): enqueue → start p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n\
+                 {:16}enqueue → durable completion p50 {:.2} ms, p99 {:.2} ms",
+                report.n, report.plugin, report.sync, p.p50, p.p90, p.p99, p.max, "", d.p50, d.p99
+            )
+        });
     }
 
     // End to end.

@@ -291,6 +291,8 @@ pub struct ObserveReport {
     pub(super) requests: usize,
     pub(super) metrics_ms: Percentiles,
     pub(super) stats_ms: Percentiles,
+    /// `GET /api/jobs?limit=50`, the newest page, meanwhile.
+    pub(super) jobs_ms: Percentiles,
     /// One refresh of the cached counts (the table scans behind the queue
     /// depth gauges), which runs in the background about once a second
     /// while someone asks.
@@ -337,13 +339,14 @@ pub async fn observe(
     let served = Served::start(&config, true).await?;
     let mut client = served.client().await?;
     let requests = 300;
-    let mut metrics = Vec::with_capacity(requests);
-    let mut stats = Vec::with_capacity(requests);
-    for (path, times) in [("/metrics", &mut metrics), ("/api/stats", &mut stats)] {
-        // The first request waits for the first refresh: not counted.
-        client.call(Method::GET, path, None).await?;
-        for _ in 0..requests {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    let paths = ["/metrics", "/api/stats", "/api/jobs?limit=50"];
+    let mut times: [Vec<Duration>; 3] = Default::default();
+    // The first request waits for the first refresh: not counted.
+    client.call(Method::GET, paths[0], None).await?;
+    // Interleaved, so that the listing also runs while a refresh scans.
+    for _ in 0..requests {
+        for (path, times) in paths.iter().zip(times.iter_mut()) {
+            tokio::time::sleep(Duration::from_millis(3)).await;
             let t0 = Instant::now();
             let (status, body) = client.call(Method::GET, path, None).await?;
             times.push(t0.elapsed());
@@ -352,6 +355,7 @@ pub async fn observe(
             }
         }
     }
+    let [metrics, stats, jobs] = times;
     let mut refreshes = Vec::new();
     for _ in 0..10 {
         let t0 = Instant::now();
@@ -368,6 +372,7 @@ pub async fn observe(
         requests,
         metrics_ms: Percentiles::of(metrics),
         stats_ms: Percentiles::of(stats),
+        jobs_ms: Percentiles::of(jobs),
         count_refresh_ms: Percentiles::of(refreshes),
     })
 }

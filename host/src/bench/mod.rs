@@ -258,12 +258,13 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
                 )
             };
             format!(
-                "observe ({} plugins, {} jobs in the database, {} requests each):\n{}\n{}\n{}",
+                "observe ({} plugins, {} jobs in the database, {} requests each):\n{}\n{}\n{}\n{}",
                 r.plugins,
                 r.jobs_in_database,
                 r.requests,
                 line("/metrics", &r.metrics_ms),
                 line("/api/stats", &r.stats_ms),
+                line("/api/jobs", &r.jobs_ms),
                 line("refresh", &r.count_refresh_ms),
             )
         });

@@ -5,8 +5,10 @@
 //! one transaction (each inside its own savepoint, so one command's error
 //! undoes only that command), commits, and only then answers each caller.
 //! That is group commit: under load, many fenced write-backs share one
-//! fsync, and no outcome is acknowledged before it is durable. Reads use a
-//! second connection, so operators' queries never queue behind writes.
+//! fsync, and no outcome is acknowledged before it is durable. Reads use
+//! connections of their own ([`READERS`] of them), so operators' queries
+//! never queue behind writes, and a long scan (the counts behind the
+//! metrics, on a large database) does not hold up the other reads.
 
 mod read;
 mod schema;
@@ -81,6 +83,9 @@ impl SqliteOptions {
     }
 }
 
+/// Read connections: one long scan leaves the others free.
+const READERS: usize = 3;
+
 /// The most commands one write transaction takes.
 const MAX_GROUP: usize = 512;
 
@@ -90,9 +95,9 @@ pub struct SqliteStore {
     /// Commands for the writer thread. `std::sync::mpsc` because the
     /// receiving side is a plain thread that blocks on it.
     writer: mpsc::Sender<Command>,
-    /// The read connection. A std mutex is enough: it is only locked inside
-    /// `spawn_blocking`, for the length of one query.
-    reader: Arc<Mutex<Connection>>,
+    /// The read connections. Std mutexes are enough: each is only locked
+    /// inside `spawn_blocking`, for the length of one query.
+    readers: Arc<[Mutex<Connection>]>,
     /// Joined by `close`, so that the write connection is closed (and the
     /// WAL checkpointed) before `close` returns.
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -106,7 +111,9 @@ impl SqliteStore {
         let mut conn = connect(opts)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         schema::migrate(&mut conn)?;
-        let reader = connect(opts)?;
+        let readers = (0..READERS)
+            .map(|_| connect(opts).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
 
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -115,7 +122,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Backend(format!("spawning writer thread: {e}")))?;
         Ok(SqliteStore {
             writer: tx,
-            reader: Arc::new(Mutex::new(reader)),
+            readers: readers.into(),
             thread: Mutex::new(Some(thread)),
             path: opts.path.clone(),
         })
@@ -159,10 +166,17 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let reader = Arc::clone(&self.reader);
+        let readers = Arc::clone(&self.readers);
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
-                let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+                // The first free connection; if none is, wait for one.
+                let conn = readers
+                    .iter()
+                    .find_map(|r| r.try_lock().ok())
+                    .unwrap_or_else(|| {
+                        let any = fastrand::usize(..readers.len());
+                        readers[any].lock().unwrap_or_else(|p| p.into_inner())
+                    });
                 f(&conn)
             })
             .await

@@ -41,8 +41,16 @@ async fn a_replaced_plugin_serves_new_attempts_while_running_ones_finish_on_the_
     let echo = built("echo");
     install(h.plugins.path(), "sleepy", &echo);
     let report = host.reload_plugins().await.unwrap();
-    assert_eq!(report.replaced, vec!["sleepy".to_owned()], "{report:?}");
+    // (Unless the watcher got to it first.)
+    assert!(
+        report.replaced == ["sleepy".to_owned()] || !report.changed(),
+        "{report:?}"
+    );
     assert!(report.rejected.is_empty(), "{report:?}");
+    assert_eq!(
+        host.plugins().get("sleepy").unwrap().content_hash,
+        sha256_hex(&echo)
+    );
 
     let next = running.enqueue_one(job("sleepy", r#"{"ms": 1500}"#)).await;
     let next = h.wait_for_state(next, JobState::Completed, PATIENCE).await;
@@ -103,13 +111,21 @@ async fn a_broken_replacement_keeps_the_previous_version_serving() {
     assert_eq!(host.plugins().rejected().len(), 1);
 
     // Removing the file removes the kind; putting it back restores it.
+    // (The watcher may get to a change first: then this reload finds it
+    // done.)
+    let echo = vec!["echo".to_owned()];
     std::fs::remove_file(h.plugins.path().join("echo.wasm")).unwrap();
     let report = host.reload_plugins().await.unwrap();
-    assert_eq!(report.removed, vec!["echo".to_owned()], "{report:?}");
-    assert!(host.plugins().get("echo").is_none());
+    assert!(host.plugins().get("echo").is_none(), "{report:?}");
+    assert!(report.removed == echo || !report.changed(), "{report:?}");
+    assert!(report.rejected.is_empty(), "{report:?}");
     install(h.plugins.path(), "echo", &good);
     let report = host.reload_plugins().await.unwrap();
-    assert_eq!(report.added, vec!["echo".to_owned()], "{report:?}");
+    assert!(
+        report.added == echo || report.unchanged == echo,
+        "{report:?}"
+    );
+    assert!(host.plugins().get("echo").is_some());
     assert!(host.plugins().rejected().is_empty());
     running.stop().await;
 }

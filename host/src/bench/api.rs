@@ -237,7 +237,11 @@ async fn drain(config: &Config, args: &BenchArgs, api: bool) -> anyhow::Result<(
     let scraper = if api {
         let mut client = served.client().await?;
         let scrapes = Arc::clone(&scrapes);
-        Some(tokio::spawn(async move {
+        // The drain starts once the first scrape is done, so that even a
+        // short run is scraped.
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut first = Some(first_tx);
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
@@ -248,8 +252,17 @@ async fn drain(config: &Config, args: &BenchArgs, api: bool) -> anyhow::Result<(
                     }
                     scrapes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(());
+                }
             }
-        }))
+        });
+        if first_rx.await.is_err() {
+            // The scraper ended before its first round: say why.
+            let Err(e) = task.await?;
+            return Err(e);
+        }
+        Some(task)
     } else {
         let _ = served.stop.send(true);
         None

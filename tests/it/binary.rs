@@ -159,6 +159,16 @@ pub struct Process {
     pub log: PathBuf,
 }
 
+impl Drop for Process {
+    /// A test that fails midway leaves no host running behind it.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Process {
     pub fn kill(&mut self) -> std::io::Result<()> {
         self.child.kill()

@@ -67,6 +67,23 @@ impl JobSpec {
     }
 }
 
+/// A job as a client wrote it in JSON (an item of `POST /api/jobs`, a line
+/// of `jobbox enqueue --batch`): deserialized strictly, resolved against
+/// `now` and [`prepare`]d with its kind's settings. The error is one line
+/// that names the field.
+pub fn from_json<'de, 'a, D: serde::Deserializer<'de>>(
+    de: D,
+    now: Timestamp,
+    settings: impl Fn(&str) -> &'a PluginSettings,
+    callback_allow: &[HttpRule],
+) -> Result<NewJob, String> {
+    let spec: JobSpec = serde_path_to_error::deserialize(de).map_err(crate::job::field_error)?;
+    let mut job = spec.into_job(now)?;
+    let settings = settings(&job.kind);
+    prepare(&mut job, settings, callback_allow).map_err(|e| e.to_string())?;
+    Ok(job)
+}
+
 /// The first job of a batch that reuses an earlier job's idempotency key
 /// for a different job, as `(earlier, later)` indexes. (The same job twice
 /// under one key is fine: both get the one id.) Without this, the store

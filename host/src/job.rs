@@ -721,3 +721,15 @@ fn as_opt_json_value<S: Serializer>(text: &Option<String>, s: S) -> Result<S::Ok
         None => s.serialize_none(),
     }
 }
+
+/// A strict deserializer's error in one line: `field.path: what`, or just
+/// `what` when it concerns the whole value.
+pub fn field_error<E: fmt::Display>(e: serde_path_to_error::Error<E>) -> String {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    if path == "." {
+        inner.to_string()
+    } else {
+        format!("{path}: {inner}")
+    }
+}

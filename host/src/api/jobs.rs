@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiState};
-use crate::enqueue::JobSpec;
 use crate::job::{JobFilter, JobId, JobRecord, JobState};
 
 #[derive(Debug, Deserialize)]
@@ -76,20 +75,13 @@ pub async fn enqueue(
         } else {
             format!("[{i}].")
         };
-        let spec: JobSpec = serde_path_to_error::deserialize(&spec).map_err(|e| {
-            let path = e.path().to_string();
-            ApiError::invalid(if path == "." {
-                format!("{prefix}{}", e.into_inner())
-            } else {
-                format!("{prefix}{path}: {}", e.into_inner())
-            })
-        })?;
-        let mut job = spec
-            .into_job(now)
-            .map_err(|e| ApiError::invalid(format!("{prefix}{e}")))?;
-        let settings = host.settings(&job.kind.clone());
-        crate::enqueue::prepare(&mut job, settings, &host.config().outbox.callback_allow)
-            .map_err(|e| ApiError::invalid(format!("{prefix}{e}")))?;
+        let job = crate::enqueue::from_json(
+            &spec,
+            now,
+            |kind| host.settings(kind),
+            &host.config().outbox.callback_allow,
+        )
+        .map_err(|e| ApiError::invalid(format!("{prefix}{e}")))?;
         jobs.push(job);
     }
     if let Some((a, b)) = crate::enqueue::key_clash(&jobs) {
@@ -99,7 +91,7 @@ pub async fn enqueue(
     }
     // Subscribe before enqueueing, so that no outcome is missed.
     let mut events = wait.map(|_| host.subscribe());
-    let out = host.enqueue(jobs).await?;
+    let out = host.enqueue_prepared(jobs).await?;
     let mut all_final = true;
     let mut answers: Vec<Enqueued> = out
         .iter()

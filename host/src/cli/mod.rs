@@ -333,20 +333,13 @@ async fn enqueue_batch(config: &Config, path: &std::path::Path, json: bool) -> a
             continue;
         }
         let at = |e: &dyn std::fmt::Display| anyhow::anyhow!("--batch: line {}: {e}", i + 1);
-        let de = &mut serde_json::Deserializer::from_str(line);
-        let spec: crate::enqueue::JobSpec = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if path == "." {
-                at(&inner)
-            } else {
-                at(&format!("{path}: {inner}"))
-            }
-        })?;
-        let mut job = spec.into_job(now).map_err(|e| at(&e))?;
-        let settings = config.plugin(&job.kind);
-        crate::enqueue::prepare(&mut job, settings, &config.outbox.callback_allow)
-            .map_err(|e| at(&e))?;
+        let job = crate::enqueue::from_json(
+            &mut serde_json::Deserializer::from_str(line),
+            now,
+            |kind| config.plugin(kind),
+            &config.outbox.callback_allow,
+        )
+        .map_err(|e| at(&e))?;
         kinds.insert(job.kind.clone());
         jobs.push(job);
         lines.push(i + 1);

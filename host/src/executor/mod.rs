@@ -266,10 +266,22 @@ impl Host {
                 &self.config.outbox.callback_allow,
             )
             .map_err(|e| StoreError::InvalidJob(e.to_string()))?;
-            if self.plugins().get(&job.kind).is_none() {
+        }
+        self.enqueue_prepared(jobs).await
+    }
+
+    /// [`Host::enqueue`] for jobs that already passed
+    /// [`crate::enqueue::prepare`] (as [`crate::enqueue::from_json`] leaves
+    /// them): nothing is checked twice.
+    pub async fn enqueue_prepared(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, StoreError> {
+        let plugins = self.plugins();
+        let mut warned = std::collections::BTreeSet::new();
+        for job in &jobs {
+            if plugins.get(&job.kind).is_none() && warned.insert(job.kind.as_str()) {
                 tracing::warn!(kind = %job.kind, "enqueued a job of a kind with no plugin loaded");
             }
         }
+        drop(warned);
         // Only with a subscriber: the kinds of the jobs for their events.
         let kinds: Option<Vec<String>> = (self.events.receiver_count() > 0)
             .then(|| jobs.iter().map(|j| j.kind.clone()).collect());

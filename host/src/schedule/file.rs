@@ -49,13 +49,7 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<ScheduleDef>, ScheduleF
         let raw: RawSchedule = match serde_path_to_error::deserialize(&entry) {
             Ok(raw) => raw,
             Err(e) => {
-                let field = e.path().to_string();
-                let inner = e.into_inner().to_string();
-                errors.push(if field == "." {
-                    format!("{name}: {inner}")
-                } else {
-                    format!("{name}: {field}: {inner}")
-                });
+                errors.push(format!("{name}: {}", crate::job::field_error(e)));
                 continue;
             }
         };

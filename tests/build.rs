@@ -38,6 +38,7 @@ const ARTIFACTS: &[(&str, &str)] = &[
     ("kv-stall", "kv_stall.wasm"),
     ("emit", "emit.wasm"),
     ("http-call", "http_call.wasm"),
+    ("entropy", "entropy.wasm"),
 ];
 
 fn main() {

@@ -510,6 +510,12 @@ fn overlay(
     if let Some(n) = raw.max_conflicts {
         s.max_conflicts = n;
     }
+    if let Some(r) = raw.record {
+        s.record = r;
+    }
+    if let Some(m) = &raw.record_max {
+        s.record_max = m.bytes(&format!("{prefix}.record_max"))?;
+    }
     s.breaker = breaker_policy(prefix, s.breaker.take(), &raw)?;
     if let Some(rate) = &raw.rate {
         let (count, period) =
@@ -720,6 +726,8 @@ pub struct RawPlugin {
     pub breaker_outcomes: Option<Vec<String>>,
     pub rate: Option<String>,
     pub burst: Option<u32>,
+    pub record: Option<bool>,
+    pub record_max: Option<RawSize>,
 }
 
 /// A size: bytes as an integer, or a string such as `"64MiB"`.

@@ -455,6 +455,9 @@ pub struct AttemptRecord {
     pub ended_at: Timestamp,
     /// The SHA-256 of the component it ran on, if a plugin ran.
     pub component_hash: Option<String>,
+    /// What the attempt read from the world, for a replay (serialized by
+    /// the executor; stored as given).
+    pub recording: Option<Vec<u8>>,
 }
 
 /// Where a finished attempt moves its job.
@@ -540,6 +543,7 @@ impl Finish {
                 started_at: job.attempted_at,
                 ended_at: now,
                 component_hash: None,
+                recording: None,
             },
             transition: Transition::Complete { output },
             effects: Effects::default(),
@@ -654,6 +658,9 @@ pub struct AttemptRow {
     pub fuel_used: Option<u64>,
     /// The SHA-256 of the component it ran on (none where no plugin ran).
     pub component_hash: Option<String>,
+    /// The size of its recorded inputs, if they were recorded (a replay
+    /// needs them).
+    pub recording_bytes: Option<u64>,
 }
 
 /// Filters for listing jobs (and for operators' bulk actions).

@@ -32,10 +32,18 @@ pub struct PluginSettings {
     pub breaker: Option<BreakerPolicy>,
     /// The rate limit; `None`: unlimited.
     pub rate: Option<RateLimit>,
+    /// Record the inputs of every attempt (else only of failed ones), so
+    /// that any can be replayed.
+    pub record: bool,
+    /// The most bytes of inputs recorded per attempt (0: record nothing).
+    pub record_max: usize,
 }
 
 /// `max_payload` when the configuration does not say: 1 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
+
+/// `record_max` when the configuration does not say: 256 KiB.
+pub const DEFAULT_RECORD_MAX: usize = 256 << 10;
 
 /// `max_conflicts` when the configuration does not say.
 pub const DEFAULT_MAX_CONFLICTS: u32 = 100;
@@ -54,6 +62,8 @@ impl Default for PluginSettings {
             max_conflicts: DEFAULT_MAX_CONFLICTS,
             breaker: Some(BreakerPolicy::default()),
             rate: None,
+            record: false,
+            record_max: DEFAULT_RECORD_MAX,
         }
     }
 }

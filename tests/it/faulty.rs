@@ -112,6 +112,14 @@ impl Store for Faulty {
         self.inner.counts()
     }
 
+    fn recording(
+        &self,
+        id: JobId,
+        attempt: Option<u32>,
+    ) -> StoreFuture<'_, Option<(u32, Vec<u8>)>> {
+        self.inner.recording(id, attempt)
+    }
+
     fn kv_get(&self, namespace: String, key: String) -> StoreFuture<'_, KvEntry> {
         self.inner.kv_get(namespace, key)
     }

@@ -1,10 +1,15 @@
 //! `jobbox jobs ...`: list, show, retry and cancel jobs.
 
+use std::path::PathBuf;
+
+use anyhow::Context;
 use clap::Subcommand;
 
 use crate::config::Config;
 use crate::job::{JobFilter, JobId, JobRecord, JobState};
+use crate::replay::{Recording, ReplayReport, replay};
 use crate::store::{Store, StoreError};
+use crate::testing::Harness;
 use crate::time::{Clock, SystemClock};
 
 #[derive(Debug, Subcommand)]
@@ -27,6 +32,27 @@ pub enum JobsCommand {
     /// Show one job with its attempts.
     Show {
         id: JobId,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-run a recorded attempt in isolation with exactly the inputs it
+    /// had (clock, random bytes, kv reads, HTTP responses), on the
+    /// installed component or a new build, and compare what it does with
+    /// what the attempt did. Failed attempts are recorded, and every
+    /// attempt of a plugin with `record = true`.
+    Replay {
+        id: JobId,
+        /// The attempt (default: the latest recorded one).
+        #[arg(long)]
+        attempt: Option<u32>,
+        /// The component to replay on (default: the installed
+        /// `<plugins_dir>/<kind>.wasm`).
+        #[arg(long, value_name = "WASM")]
+        file: Option<PathBuf>,
+        /// Write the attempt as a test case for `jobbox plugins test`
+        /// instead of replaying it.
+        #[arg(long, value_name = "FILE")]
+        export: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -71,12 +97,12 @@ pub async fn main(config: &Config, cmd: JobsCommand) -> anyhow::Result<()> {
         .await;
     }
     let store = super::open_store(config)?;
-    let result = run(store.as_ref(), cmd).await;
+    let result = run(config, store.as_ref(), cmd).await;
     store.close().await?;
     result
 }
 
-async fn run(store: &dyn Store, cmd: JobsCommand) -> anyhow::Result<()> {
+async fn run(config: &Config, store: &dyn Store, cmd: JobsCommand) -> anyhow::Result<()> {
     match cmd {
         JobsCommand::List {
             state,
@@ -129,6 +155,64 @@ async fn run(store: &dyn Store, cmd: JobsCommand) -> anyhow::Result<()> {
                 print_job(&job)?;
             }
         }
+        JobsCommand::Replay {
+            id,
+            attempt,
+            file,
+            export,
+            json,
+        } => {
+            let Some((number, bytes)) = store.recording(id, attempt).await? else {
+                store.job(id).await?.ok_or(StoreError::NotFound(id))?;
+                anyhow::bail!(match attempt {
+                    Some(n) => format!(
+                        "job {id} has no recording of attempt {n} (failed attempts are \
+                         recorded, and all attempts of plugins with `record = true`)"
+                    ),
+                    None => format!(
+                        "job {id} has no recorded attempt (failed attempts are recorded, \
+                         and all attempts of plugins with `record = true`)"
+                    ),
+                });
+            };
+            let rec = Recording::from_bytes(&bytes)
+                .with_context(|| format!("job {id} attempt {number}"))?;
+            let settings = config.plugin(&rec.job.kind);
+            if let Some(path) = export {
+                let file = rec.to_test_file(&settings.grants, &settings.limits);
+                let text = toml::to_string_pretty(&file).context("writing the case as TOML")?;
+                write_atomically(&path, text.as_bytes())?;
+                outln!(
+                    "wrote job {id} attempt {number} ({}) as a test case to {}; run it with \
+                     `jobbox plugins test {}`",
+                    rec.result.outcome,
+                    path.display(),
+                    path.display()
+                )?;
+                return Ok(());
+            }
+            let component = file.unwrap_or_else(|| {
+                config
+                    .host
+                    .plugins_dir
+                    .join(format!("{}.wasm", rec.job.kind))
+            });
+            let harness = Harness::new(config.cache_dir())?;
+            let report = replay(
+                &harness,
+                &rec,
+                &component,
+                &settings.grants,
+                &settings.limits,
+            )
+            .await
+            .with_context(|| format!("replaying on {}", component.display()))?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                print_replay(&report)?;
+            }
+        }
         JobsCommand::Retry { id } => {
             let state = store.retry_job(id, SystemClock.now()).await?;
             outln!("job {id} is now {state}")?;
@@ -137,6 +221,85 @@ async fn run(store: &dyn Store, cmd: JobsCommand) -> anyhow::Result<()> {
         JobsCommand::Cancel { id } => {
             let state = store.cancel_job(id, SystemClock.now()).await?;
             outln!("job {id} is now {state}")?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same
+/// directory: a reader sees the old file or the whole new one.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error))?;
+    Ok(())
+}
+
+fn print_replay(r: &ReplayReport) -> anyhow::Result<()> {
+    let build = match &r.recorded_component_hash {
+        Some(h) if *h == r.component_hash => "the same build".to_owned(),
+        Some(h) => format!(
+            "a new build; the attempt ran on {}",
+            crate::plugins::short(h)
+        ),
+        None => "build unknown".to_owned(),
+    };
+    outln!(
+        "job {} attempt {} ({}) replayed on {} ({}, {build})",
+        r.job_id,
+        r.attempt,
+        r.kind,
+        r.component.display(),
+        crate::plugins::short(&r.component_hash)
+    )?;
+    let line = |label: &str, s: &crate::testing::Summary| -> std::io::Result<()> {
+        outln!(
+            "  {label:<9} {}{}  fuel {}  kv writes {}  events {}  http requests {}",
+            s.outcome,
+            s.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default(),
+            s.fuel_used,
+            s.kv_writes.len(),
+            s.events.len(),
+            s.http.len()
+        )?;
+        if let Some(o) = &s.output {
+            outln!("            output {o}")?;
+        }
+        Ok(())
+    };
+    line("recorded:", &r.recorded)?;
+    line("replayed:", &r.replayed)?;
+    if r.truncated {
+        outln!(
+            "  note: the recording hit its size cap (record_max); past it the replay used stand-in inputs"
+        )?;
+    }
+    if r.same {
+        outln!("same: the replay did exactly what the attempt did")?;
+    } else {
+        outln!(
+            "differs: {} difference{}",
+            r.differences.len(),
+            if r.differences.len() == 1 { "" } else { "s" }
+        )?;
+        for f in &r.differences {
+            outln!("  {}: {}", f.what, f.message)?;
+            if let Some(diff) = &f.diff {
+                for l in diff.lines() {
+                    outln!("    {l}")?;
+                }
+            }
         }
     }
     Ok(())
@@ -175,7 +338,7 @@ fn print_job(j: &JobRecord) -> std::io::Result<()> {
     }
     for a in &j.attempts {
         outln!(
-            "  attempt {} (epoch {}): {} in {} ms, fuel {}, component {}{}",
+            "  attempt {} (epoch {}): {} in {} ms, fuel {}, component {}{}{}",
             a.attempt,
             a.epoch,
             a.outcome,
@@ -184,6 +347,14 @@ fn print_job(j: &JobRecord) -> std::io::Result<()> {
             a.component_hash
                 .as_deref()
                 .map_or("-", crate::plugins::short),
+            if a.recording_bytes.is_some() {
+                format!(
+                    ", recorded (jobbox jobs replay {} --attempt {})",
+                    j.id, a.attempt
+                )
+            } else {
+                String::new()
+            },
             a.error
                 .as_deref()
                 .map(|e| format!(": {e}"))

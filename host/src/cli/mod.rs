@@ -17,6 +17,7 @@ mod plugins;
 mod queues;
 mod remote;
 mod schedules;
+mod testing;
 
 use std::future::Future;
 use std::path::PathBuf;

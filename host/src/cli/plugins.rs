@@ -17,10 +17,10 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use crate::config::Config;
-use crate::job::{ClaimedJob, KvEntry, canonical_json};
+use crate::job::{ClaimedJob, canonical_json};
 use crate::plugins::{PluginRegistry, validate_kind};
 use crate::policy::{BreakerRecord, PauseRecord, PauseScope};
-use crate::sandbox::{KvFuture, KvSource, RunContext, Sandbox, SandboxConfig};
+use crate::sandbox::{KvSource, MemoryKv, RunContext, Sandbox, SandboxConfig};
 use crate::store::Store;
 use crate::time::{Clock, SystemClock};
 
@@ -39,6 +39,21 @@ pub enum PluginsCommand {
         /// Components or directories of them (default: the plugins
         /// directory).
         paths: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run plugins' test files (`<kind>.tests.toml`) with no database and
+    /// no network: a pass/fail table, a diff for each failure, and a
+    /// non-zero exit if any case fails.
+    Test {
+        /// Test files, or directories of them (default: the plugins
+        /// directory).
+        paths: Vec<PathBuf>,
+        /// The component to test (one test file only; default: the file's
+        /// `component`, else `<kind>.wasm` beside it, else in the plugins
+        /// directory).
+        #[arg(long, value_name = "WASM")]
+        component: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -93,6 +108,11 @@ pub async fn main(config: &Config, cmd: PluginsCommand) -> anyhow::Result<()> {
             result
         }
         PluginsCommand::Check { paths, json } => plugins_check(config, paths, json),
+        PluginsCommand::Test {
+            paths,
+            component,
+            json,
+        } => super::testing::plugins_test(config, paths, component, json).await,
         PluginsCommand::Pause { kind, note } => {
             validate_kind(&kind).map_err(anyhow::Error::msg)?;
             super::with_store(config, |store| async move {
@@ -144,7 +164,7 @@ pub async fn main(config: &Config, cmd: PluginsCommand) -> anyhow::Result<()> {
             let payload =
                 canonical_json(&payload).map_err(|e| anyhow::anyhow!("--payload: {e}"))?;
             let state = match kv {
-                Some(path) => MemoryKv::load(&path)?,
+                Some(path) => load_kv(&path)?,
                 None => MemoryKv::default(),
             };
             let path = file.unwrap_or_else(|| config.host.plugins_dir.join(format!("{kind}.wasm")));
@@ -198,7 +218,7 @@ async fn run_isolated(
     };
     let ctx = RunContext {
         kv: Some(Arc::new(kv) as Arc<dyn KvSource>),
-        backlog: None,
+        ..RunContext::default()
     };
     let report = plugin.run(&job, &ctx, std::future::pending()).await;
     let (outcome, _) = settings
@@ -254,62 +274,19 @@ async fn run_isolated(
     Ok(())
 }
 
-/// kv state held in memory, for a plugin run in isolation. Every entry is
-/// at version 1; nothing is ever written to it.
-#[derive(Debug, Default)]
-struct MemoryKv(BTreeMap<String, Vec<u8>>);
-
-impl MemoryKv {
-    fn load(path: &std::path::Path) -> anyhow::Result<MemoryKv> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let map: BTreeMap<String, String> = serde_json::from_str(&text).with_context(|| {
-            format!(
-                "{}: expected a JSON object of string values",
-                path.display()
-            )
-        })?;
-        Ok(MemoryKv(
-            map.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
-        ))
-    }
-}
-
-impl KvSource for MemoryKv {
-    fn get(&self, _namespace: String, key: String) -> KvFuture<'_, KvEntry> {
-        let entry = match self.0.get(&key) {
-            Some(v) => KvEntry {
-                value: Some(v.clone()),
-                version: Some(1),
-            },
-            None => KvEntry::default(),
-        };
-        Box::pin(async move { Ok(entry) })
-    }
-
-    fn list(
-        &self,
-        _namespace: String,
-        prefix: String,
-        limit: u32,
-    ) -> KvFuture<'_, Vec<(String, KvEntry)>> {
-        let entries = self
-            .0
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .take(limit as usize)
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    KvEntry {
-                        value: Some(v.clone()),
-                        version: Some(1),
-                    },
-                )
-            })
-            .collect();
-        Box::pin(async move { Ok(entries) })
-    }
+/// kv state from a JSON object of string values, each at version 1.
+fn load_kv(path: &std::path::Path) -> anyhow::Result<MemoryKv> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let map: BTreeMap<String, String> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: expected a JSON object of string values",
+            path.display()
+        )
+    })?;
+    Ok(MemoryKv::from_values(
+        map.into_iter().map(|(k, v)| (k, v.into_bytes())),
+    ))
 }
 
 fn plugins_check(config: &Config, paths: Vec<PathBuf>, json: bool) -> anyhow::Result<()> {

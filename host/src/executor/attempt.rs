@@ -12,7 +12,8 @@ use crate::job::{
 };
 use crate::metrics::{AttemptSample, Metrics, Phase};
 use crate::policy::{BreakerChange, BreakerState};
-use crate::sandbox::{RunError, RunReport};
+use crate::replay::Recording;
+use crate::sandbox::{RunContext, RunError, RunReport};
 use crate::store::{FinishOutcome, StoreError};
 
 /// How long a job that lost a kv conflict waits before its next attempt:
@@ -62,13 +63,24 @@ impl Host {
         };
         // This attempt runs on the version loaded now, whatever a reload
         // does meanwhile.
-        let loaded = self
-            .plugins()
-            .get(&job.kind)
-            .map(|p| (Arc::clone(&p.plugin), p.content_hash.clone()));
-        let component_hash = loaded.as_ref().map(|(_, h)| h.clone());
+        let loaded = self.plugins().get(&job.kind).map(|p| {
+            (
+                Arc::clone(&p.plugin),
+                p.content_hash.clone(),
+                p.settings.record,
+                p.settings.record_max,
+            )
+        });
+        let component_hash = loaded.as_ref().map(|(_, h, _, _)| h.clone());
+        let record_all = loaded.as_ref().is_some_and(|(_, _, all, _)| *all);
         let report = match loaded {
-            Some((plugin, _)) => plugin.run(&job, &self.run_ctx, cancelled).await,
+            Some((plugin, _, _, record_max)) => {
+                let ctx = RunContext {
+                    capture_budget: record_max,
+                    ..self.run_ctx.clone()
+                };
+                plugin.run(&job, &ctx, cancelled).await
+            }
             None => RunReport {
                 result: Err(RunError::Retryable {
                     message: format!(
@@ -83,6 +95,8 @@ impl Host {
                 elapsed: Duration::ZERO,
                 logs_dropped: 0,
                 effects: Default::default(),
+                captured: Default::default(),
+                deadline_ms: 0,
             },
         };
         if report.logs_dropped > 0 {
@@ -180,6 +194,14 @@ impl Host {
                 }
             }),
         };
+        // What the attempt read, kept for a replay: for every failure a
+        // plugin ran for (a shutdown is not one), and for every attempt of a
+        // plugin that records all.
+        let recorded = component_hash.is_some()
+            && !matches!(report.result, Err(RunError::Cancelled))
+            && (record_all || report.result.is_err());
+        let recording =
+            recorded.then(|| Recording::of(&job, &report, component_hash.as_deref()).to_bytes());
         let finish = Finish {
             fence: job.fence(),
             attempt: AttemptRecord {
@@ -190,6 +212,7 @@ impl Host {
                 started_at: job.attempted_at,
                 ended_at: now,
                 component_hash,
+                recording,
             },
             transition,
             effects: report.effects,

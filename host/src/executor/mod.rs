@@ -161,6 +161,7 @@ impl Host {
         let run_ctx = RunContext {
             kv: Some(Arc::new(StoreKv(Arc::clone(&store))) as Arc<dyn KvSource>),
             backlog: Some(Arc::clone(&backlog)),
+            ..RunContext::default()
         };
         let started = clock.now();
         let health = Health::new(freshness(&config));

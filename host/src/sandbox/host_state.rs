@@ -9,8 +9,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::bindings::jobbox::plugin::{log, types};
 use super::effects::EffectsState;
 use super::http::HttpPolicy;
+use super::inputs::Capture;
 use super::limits::MemoryLimiter;
-use super::trap::StderrTail;
 
 /// Messages longer than this are cut (on a character boundary).
 const MAX_LOG_MESSAGE: usize = 4096;
@@ -27,6 +27,7 @@ pub(crate) struct HostState {
     pub(crate) effects: EffectsState,
     http: WasiHttpCtx,
     http_policy: HttpPolicy,
+    pub(crate) capture: Arc<Capture>,
 }
 
 /// Who is logging, so the host can tag each line.
@@ -45,21 +46,18 @@ impl HostState {
         log: LogContext,
         effects: EffectsState,
         http_policy: HttpPolicy,
-        stderr: StderrTail,
+        wasi: WasiCtx,
+        capture: Arc<Capture>,
     ) -> HostState {
         HostState {
-            // Deny by default: no preopened directories, no environment, no
-            // arguments, no network; stdin is empty and stdout is
-            // discarded. The tail of stderr is kept, to explain a trap
-            // (a Rust guest prints its panic there). Clocks and randomness
-            // are not capabilities.
-            wasi: WasiCtx::builder().stderr(stderr).build(),
+            wasi,
             table: ResourceTable::new(),
             limiter,
             log,
             effects,
             http: WasiHttpCtx::new(),
             http_policy,
+            capture,
         }
     }
 }
@@ -94,6 +92,7 @@ impl log::Host for HostState {
         }
         ctx.lines += 1;
         let message = truncate(&message, MAX_LOG_MESSAGE);
+        self.capture.log(level_name(level), message);
         let (plugin, job_id, attempt) = (&*ctx.plugin, ctx.job_id, ctx.attempt);
         match level {
             log::Level::Trace => {
@@ -112,6 +111,16 @@ impl log::Host for HostState {
                 tracing::error!(target: "jobbox::plugin", plugin, job_id, attempt, "{message}")
             }
         }
+    }
+}
+
+fn level_name(level: log::Level) -> &'static str {
+    match level {
+        log::Level::Trace => "trace",
+        log::Level::Debug => "debug",
+        log::Level::Info => "info",
+        log::Level::Warn => "warn",
+        log::Level::Error => "error",
     }
 }
 

@@ -23,6 +23,7 @@ use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::grants::Grants;
+use super::inputs::{Blob, CannedResponse, Capture, HttpExchange, HttpResponder};
 
 /// The header carrying the per-request idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -37,15 +38,28 @@ pub(crate) struct HttpPolicy {
     job_key: String,
     /// Requests made so far in this attempt.
     seq: u32,
+    /// Where requests and responses are recorded.
+    capture: Arc<Capture>,
+    /// Scripted: answers requests instead of the network (`None` inside
+    /// `Some`: deny them all).
+    scripted: Option<Option<Arc<dyn HttpResponder>>>,
 }
 
 impl HttpPolicy {
-    pub(crate) fn new(plugin: Arc<str>, grants: Arc<Grants>, job_key: String) -> HttpPolicy {
+    pub(crate) fn new(
+        plugin: Arc<str>,
+        grants: Arc<Grants>,
+        job_key: String,
+        capture: Arc<Capture>,
+        scripted: Option<Option<Arc<dyn HttpResponder>>>,
+    ) -> HttpPolicy {
         HttpPolicy {
             plugin,
             grants,
             job_key,
             seq: 0,
+            capture,
+            scripted,
         }
     }
 
@@ -89,8 +103,16 @@ impl WasiHttpHooks for HttpPolicy {
                 >,
             > + Send,
     > {
+        let exchange = HttpExchange {
+            method: request.method().to_string(),
+            url: request.uri().to_string(),
+            ..HttpExchange::default()
+        };
         if let Some(why) = self.refusal(&request) {
             tracing::warn!(plugin = %self.plugin, "HTTP request denied: {why}");
+            if let Some(i) = self.capture.http_request(exchange) {
+                self.capture.http_error(i, format!("denied: {why}"));
+            }
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         self.seq += 1;
@@ -98,15 +120,43 @@ impl WasiHttpHooks for HttpPolicy {
         let value = http::HeaderValue::from_str(&key)
             .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
         request.headers_mut().insert(IDEMPOTENCY_KEY, value);
-        let plugin = Arc::clone(&self.plugin);
+        let exchange = HttpExchange {
+            idempotency_key: key,
+            ..exchange
+        };
+        let capture = Arc::clone(&self.capture);
         let max_response = self.grants.http_max_response;
+        if let Some(responder) = &self.scripted {
+            let responder = responder.clone();
+            let seq = self.seq;
+            return Box::new(async move {
+                respond_scripted(request, exchange, responder, seq, capture, max_response).await
+            });
+        }
+        let index = capture.http_request(exchange);
+        let plugin = Arc::clone(&self.plugin);
         Box::new(async move {
             // A plugin's rules name its destinations: internal ones too.
             let request = pin_to_vetted_address(request, &plugin, true).await?;
             let mut options = options.unwrap_or_default();
             options.connect_timeout.get_or_insert(CONNECT_TIMEOUT);
-            let (response, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let sent = wasmtime_wasi_http::default_send_request(request, Some(options)).await;
+            let (response, io) = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    if let Some(i) = index {
+                        capture.http_error(i, guest_error_name(&e));
+                    }
+                    return Err(e);
+                }
+            };
+            if let Some(i) = index {
+                capture.http_response(
+                    i,
+                    response.status().as_u16(),
+                    header_pairs(response.headers()),
+                );
+            }
             if let Some(len) = response
                 .headers()
                 .get(http::header::CONTENT_LENGTH)
@@ -120,6 +170,7 @@ impl WasiHttpHooks for HttpPolicy {
                 Capped {
                     inner: body.boxed_unsync(),
                     left: max_response,
+                    tee: index.map(|i| (capture, i)),
                 }
                 .boxed_unsync()
             });
@@ -227,10 +278,141 @@ pub fn forbidden(ip: IpAddr) -> bool {
     }
 }
 
-/// A response body that fails once more than `left` bytes arrive.
+/// Answers a scripted request from `responder`, never the network,
+/// recording the request in full (headers and body) and the answer.
+async fn respond_scripted(
+    request: http::Request<WasiBody>,
+    mut exchange: HttpExchange,
+    responder: Option<Arc<dyn HttpResponder>>,
+    seq: u32,
+    capture: Arc<Capture>,
+    max_response: usize,
+) -> Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ),
+    Error,
+> {
+    let (parts, body) = request.into_parts();
+    exchange.request_headers = header_pairs(&parts.headers);
+    let body = body.collect().await?.to_bytes();
+    exchange.request_body = (!body.is_empty()).then(|| Blob(body.to_vec()));
+    let answer = match responder {
+        Some(r) => r.respond(seq, &exchange),
+        None => Err("no HTTP responses in this run".to_owned()),
+    };
+    let index = capture.http_request(exchange);
+    let canned: CannedResponse = match answer {
+        Ok(c) => c,
+        Err(why) => {
+            if let Some(i) = index {
+                capture.http_error(i, why);
+            }
+            return Err(Error::HttpRequestDenied);
+        }
+    };
+    if let Some(name) = canned.fail {
+        if let Some(i) = index {
+            capture.http_error(i, name.clone());
+        }
+        return Err(error_named(&name));
+    }
+    if canned.body.len() > max_response {
+        if let Some(i) = index {
+            capture.http_error(i, "response body over http_max_response".into());
+        }
+        return Err(Error::HttpResponseBodySize(Some(canned.body.len() as u64)));
+    }
+    let mut response = http::Response::builder().status(canned.status);
+    for (name, value) in &canned.headers {
+        response = response.header(name, value);
+    }
+    let response = response
+        .body(
+            http_body_util::Full::new(Bytes::from(canned.body.clone()))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .map_err(|e| Error::InternalError(Some(format!("canned response: {e}"))))?;
+    if let Some(i) = index {
+        capture.http_response(i, canned.status, canned.headers);
+        capture.http_body(i, &canned.body);
+    }
+    Ok((
+        response,
+        Box::new(async { Ok(()) }) as Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ))
+}
+
+/// The `wasi:http` error code the guest sees for `e`, by name (as
+/// wasmtime-wasi-http's default hooks map the errors that carry I/O
+/// detail).
+fn guest_error_name(e: &Error) -> String {
+    match e {
+        Error::Connect(io) if io.kind() == std::io::ErrorKind::AddrNotAvailable => {
+            "DnsError".to_owned()
+        }
+        Error::Connect(_) => "ConnectionRefused".to_owned(),
+        Error::Tls(_) => "TlsProtocolError".to_owned(),
+        Error::Hyper(_) => "HttpProtocolError".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The error a failed request was recorded with (its `Debug` text, e.g.
+/// `ConnectionRefused`), for a replay to fail the same way.
+fn error_named(recorded: &str) -> Error {
+    let name = recorded
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .next()
+        .unwrap_or("");
+    match name {
+        "DnsTimeout" => Error::DnsTimeout,
+        "DnsError" => Error::DnsError {
+            rcode: None,
+            info_code: None,
+        },
+        "DestinationNotFound" => Error::DestinationNotFound,
+        "DestinationUnavailable" => Error::DestinationUnavailable,
+        "DestinationIpProhibited" => Error::DestinationIpProhibited,
+        "DestinationIpUnroutable" => Error::DestinationIpUnroutable,
+        "ConnectionRefused" => Error::ConnectionRefused,
+        "ConnectionTerminated" => Error::ConnectionTerminated,
+        "ConnectionTimeout" => Error::ConnectionTimeout,
+        "ConnectionReadTimeout" => Error::ConnectionReadTimeout,
+        "ConnectionWriteTimeout" => Error::ConnectionWriteTimeout,
+        "ConnectionLimitReached" => Error::ConnectionLimitReached,
+        "TlsProtocolError" => Error::TlsProtocolError,
+        "TlsCertificateError" => Error::TlsCertificateError,
+        "HttpRequestDenied" => Error::HttpRequestDenied,
+        "HttpResponseIncomplete" => Error::HttpResponseIncomplete,
+        "HttpResponseTimeout" => Error::HttpResponseTimeout,
+        "HttpProtocolError" => Error::HttpProtocolError,
+        "HttpResponseBodySize" => Error::HttpResponseBodySize(None),
+        _ => Error::InternalError(Some(recorded.to_owned())),
+    }
+}
+
+/// Headers as (name, value) pairs; values that are not text are lossy.
+fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A response body that fails once more than `left` bytes arrive, and
+/// copies what passes into the attempt's capture.
 struct Capped {
     inner: WasiBody,
     left: usize,
+    tee: Option<(Arc<Capture>, usize)>,
 }
 
 impl http_body::Body for Capped {
@@ -248,6 +430,9 @@ impl http_body::Body for Capped {
                         return Poll::Ready(Some(Err(Error::HttpResponseBodySize(None))));
                     }
                     self.left -= data.len();
+                    if let Some((capture, i)) = &self.tee {
+                        capture.http_body(*i, data);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

@@ -17,6 +17,7 @@ mod effects;
 mod grants;
 mod host_state;
 mod http;
+mod inputs;
 mod limits;
 mod trap;
 
@@ -38,6 +39,11 @@ use host_state::{HostState, LogContext};
 use http::HttpPolicy;
 pub(crate) use http::pin_to_vetted_address;
 pub use http::{IDEMPOTENCY_KEY, forbidden as forbidden_address, internal_address};
+pub use inputs::{
+    Blob, CannedResponse, Captured, HexBytes, HttpExchange, HttpResponder, Inputs, KvRead, LogLine,
+    MemoryKv, Script,
+};
+use inputs::{Capture, RecordingKv};
 pub use limits::Limits;
 use limits::MemoryLimiter;
 
@@ -106,13 +112,20 @@ pub struct Plugin {
     ticker: Arc<TickerShared>,
 }
 
-/// The host services an attempt's imports reach. Both are optional: a plugin
-/// run in isolation (a benchmark floor, a plugin test) may have neither,
-/// and then kv calls answer `unavailable` and emits are not capped.
+/// The host services an attempt's imports reach, and where its world comes
+/// from. The services are optional: a plugin run in isolation (a benchmark
+/// floor, a plugin test) may have neither, and then kv calls answer
+/// `unavailable` and emits are not capped.
 #[derive(Clone, Default)]
 pub struct RunContext {
     pub kv: Option<Arc<dyn KvSource>>,
     pub backlog: Option<Arc<Backlog>>,
+    /// The clocks, randomness and HTTP: live, or scripted.
+    pub inputs: Inputs,
+    /// Bytes of the attempt's inputs to capture for a replay (0: none).
+    pub capture_budget: usize,
+    /// Keep the plugin's log lines in the report.
+    pub keep_logs: bool,
 }
 
 impl std::fmt::Debug for RunContext {
@@ -120,6 +133,8 @@ impl std::fmt::Debug for RunContext {
         f.debug_struct("RunContext")
             .field("kv", &self.kv.is_some())
             .field("backlog", &self.backlog)
+            .field("inputs", &self.inputs)
+            .field("capture_budget", &self.capture_budget)
             .finish()
     }
 }
@@ -157,6 +172,35 @@ pub enum RunError {
     Cancelled,
 }
 
+impl RunError {
+    /// The kind of failure, as plugin tests and replays name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RunError::Retryable { .. } => "retryable",
+            RunError::Permanent(_) => "permanent",
+            RunError::Trap(_) => "trap",
+            RunError::OutOfFuel(_) => "out_of_fuel",
+            RunError::Timeout(_) => "timeout",
+            RunError::MemoryLimit(_) => "memory_limit",
+            RunError::OutputTooLarge { .. } => "output_too_large",
+            RunError::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Every outcome kind a run can have: `ok` and each [`RunError::kind`].
+pub const OUTCOME_KINDS: &[&str] = &[
+    "ok",
+    "retryable",
+    "permanent",
+    "trap",
+    "out_of_fuel",
+    "timeout",
+    "memory_limit",
+    "output_too_large",
+    "cancelled",
+];
+
 /// How one run went.
 #[derive(Debug)]
 pub struct RunReport {
@@ -169,6 +213,10 @@ pub struct RunReport {
     /// The attempt's buffered side effects (empty unless it returned an
     /// output).
     pub effects: Effects,
+    /// What it read from the world, within the capture budget.
+    pub captured: Captured,
+    /// The deadline the plugin was told, in ms since the Unix epoch.
+    pub deadline_ms: u64,
 }
 
 impl Sandbox {
@@ -304,6 +352,33 @@ impl Sandbox {
         })
     }
 
+    /// Compiles `bytes` once, to make plugins of it with different limits
+    /// and grants (plugin tests run many cases of one component).
+    pub fn prepare(&self, bytes: &[u8]) -> anyhow::Result<Prepared> {
+        let (component, content_hash) = self.compile(bytes)?;
+        Ok(Prepared {
+            component,
+            content_hash,
+        })
+    }
+
+    /// A plugin of a prepared component.
+    pub fn plugin(
+        &self,
+        name: &str,
+        prepared: &Prepared,
+        limits: Limits,
+        grants: Grants,
+    ) -> anyhow::Result<Plugin> {
+        self.plugin_from(
+            name,
+            &prepared.component,
+            prepared.content_hash.clone(),
+            limits,
+            grants,
+        )
+    }
+
     /// The epoch tick in force.
     pub fn epoch_tick(&self) -> Duration {
         self.ticker.tick
@@ -345,6 +420,27 @@ impl Sandbox {
     /// The compiled-plugin cache's directory, if one is in use.
     pub fn cache_dir(&self) -> Option<&Path> {
         self.cache.dir()
+    }
+}
+
+/// A compiled component, not yet checked against the world.
+#[derive(Clone)]
+pub struct Prepared {
+    component: Component,
+    content_hash: String,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("content_hash", &self.content_hash)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prepared {
+    pub fn content_hash(&self) -> &str {
+        &self.content_hash
     }
 }
 
@@ -407,6 +503,24 @@ impl Plugin {
             .max(0) as u64;
 
         let stderr = trap::StderrTail::default();
+        let capture = Capture::new(ctx.capture_budget, ctx.keep_logs);
+        let (deadline_ms, scripted) = match &ctx.inputs {
+            Inputs::Live => (deadline_ms, None),
+            Inputs::Scripted(s) => (
+                s.deadline_ms.unwrap_or_else(|| {
+                    (s.wall_start_ns / 1_000_000)
+                        .saturating_add(self.limits.timeout.as_millis() as u64)
+                }),
+                Some(s.http.clone()),
+            ),
+        };
+        let kv = ctx.kv.clone().map(|inner| {
+            Arc::new(RecordingKv {
+                inner,
+                capture: Arc::clone(&capture),
+            }) as Arc<dyn KvSource>
+        });
+        let wasi = inputs::wasi_ctx(&ctx.inputs, &capture, stderr.clone());
         let state = HostState::new(
             MemoryLimiter::new(self.limits.memory),
             LogContext {
@@ -419,7 +533,7 @@ impl Plugin {
             EffectsState::new(
                 Arc::clone(&self.name),
                 Arc::clone(&self.grants),
-                ctx.kv.clone(),
+                kv,
                 ctx.backlog.clone(),
                 job.id,
                 job.idempotency_key.clone(),
@@ -428,8 +542,11 @@ impl Plugin {
                 Arc::clone(&self.name),
                 Arc::clone(&self.grants),
                 job.idempotency_key.clone(),
+                Arc::clone(&capture),
+                scripted,
             ),
-            stderr.clone(),
+            wasi,
+            capture,
         );
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -472,7 +589,7 @@ impl Plugin {
                 // in-flight host call with it.
                 () = tokio::time::sleep_until(deadline.into()) => None,
                 () = cancel => {
-                    return self.report(store, started, Err(RunError::Cancelled));
+                    return self.report(store, started, Err(RunError::Cancelled), deadline_ms);
                 }
             }
         };
@@ -489,7 +606,7 @@ impl Plugin {
             Some(Ok(Err(e))) => Err(guest_error(e)),
             Some(Err(e)) => Err(self.classify(&store, e, &stderr)),
         };
-        self.report(store, started, result)
+        self.report(store, started, result, deadline_ms)
     }
 
     fn classify(
@@ -511,6 +628,7 @@ impl Plugin {
         mut store: Store<HostState>,
         started: Instant,
         mut result: Result<String, RunError>,
+        deadline_ms: u64,
     ) -> RunReport {
         let fuel_left = store.get_fuel().unwrap_or(0);
         let state = store.data_mut();
@@ -531,6 +649,7 @@ impl Plugin {
         } else {
             Effects::default()
         };
+        let captured = state.capture.take();
         drop(store);
         RunReport {
             result,
@@ -538,6 +657,8 @@ impl Plugin {
             elapsed: started.elapsed(),
             logs_dropped,
             effects,
+            captured,
+            deadline_ms,
         }
     }
 }

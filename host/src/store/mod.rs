@@ -283,6 +283,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// How many jobs are in each state.
     fn counts(&self) -> StoreFuture<'_, StateCounts>;
 
+    /// The recorded inputs of attempt `attempt` of job `id` (`None`: its
+    /// latest recorded attempt), with the attempt's number.
+    fn recording(&self, id: JobId, attempt: Option<u32>)
+    -> StoreFuture<'_, Option<(u32, Vec<u8>)>>;
+
     /// A kv entry of `namespace`.
     fn kv_get(&self, namespace: String, key: String) -> StoreFuture<'_, KvEntry>;
 

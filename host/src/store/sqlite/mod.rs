@@ -239,6 +239,14 @@ impl Store for SqliteStore {
         self.read(move |c| read::list_jobs(c, &filter))
     }
 
+    fn recording(
+        &self,
+        id: JobId,
+        attempt: Option<u32>,
+    ) -> StoreFuture<'_, Option<(u32, Vec<u8>)>> {
+        self.read(move |c| read::recording(c, id, attempt))
+    }
+
     fn counts(&self) -> StoreFuture<'_, StateCounts> {
         self.read(read::counts)
     }

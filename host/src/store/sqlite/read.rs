@@ -39,10 +39,24 @@ pub(super) fn job(conn: &Connection, id: JobId) -> Result<Option<JobRecord>> {
             duration_ms: r.get(6)?,
             fuel_used: r.get(7)?,
             component_hash: r.get(8)?,
+            recording_bytes: r.get(9)?,
         })
     })?;
     job.attempts = rows.collect::<rusqlite::Result<_>>()?;
     Ok(Some(job))
+}
+
+pub(super) fn recording(
+    conn: &Connection,
+    id: JobId,
+    attempt: Option<u32>,
+) -> Result<Option<(u32, Vec<u8>)>> {
+    Ok(conn
+        .prepare_cached(sql::SELECT_RECORDING)?
+        .query_row(rusqlite::params![id, attempt], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?)
 }
 
 pub(super) fn list_jobs(conn: &Connection, filter: &JobFilter) -> Result<Vec<JobRecord>> {

@@ -220,6 +220,13 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE attempts ADD COLUMN component_hash TEXT;
     "#,
+    // 6: what an attempt read from the world (clocks, random bytes, kv
+    // entries, HTTP responses), kept for failed attempts and for plugins
+    // with `record = true`, so that the attempt can be replayed. Deleted
+    // with its attempt row, hence with its job.
+    r#"
+    ALTER TABLE attempts ADD COLUMN recording BLOB;
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -217,8 +217,9 @@ pub const DELETE_PAUSE: &str = "DELETE FROM pauses WHERE scope = ?1 AND name = ?
 /// The attempt row that goes with every transition out of running.
 pub const INSERT_ATTEMPT: &str = "
     INSERT INTO attempts (job_id, epoch, attempt, outcome, error, fuel_used,
-                          started_at, ended_at, duration_ms, component_hash)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+                          started_at, ended_at, duration_ms, component_hash,
+                          recording)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
 /// heartbeat: running → running with a later lease. ?1 id, ?2 epoch,
 /// ?3 new expiry.
@@ -422,8 +423,15 @@ pub const JOB_COLUMNS: &str = "
 
 pub const SELECT_ATTEMPTS: &str = "
     SELECT attempt, epoch, outcome, error, started_at, ended_at, duration_ms,
-           fuel_used, component_hash
+           fuel_used, component_hash, length(recording)
     FROM attempts WHERE job_id = ?1 ORDER BY epoch";
+
+/// An attempt's recording: attempt ?2, or with ?2 NULL the latest that has
+/// one.
+pub const SELECT_RECORDING: &str = "
+    SELECT attempt, recording FROM attempts
+    WHERE job_id = ?1 AND recording IS NOT NULL AND (?2 IS NULL OR attempt = ?2)
+    ORDER BY epoch DESC LIMIT 1";
 
 pub const COUNT_BY_STATE: &str = "SELECT state, COUNT(*) FROM jobs GROUP BY state";
 

@@ -557,6 +557,7 @@ fn insert_attempt(conn: &Connection, fence: Fence, a: &AttemptRecord) -> Result<
         a.ended_at.0,
         duration_ms(a.ended_at.since(a.started_at)),
         a.component_hash,
+        a.recording,
     ])?;
     Ok(())
 }
@@ -616,6 +617,7 @@ pub(super) fn rescue(
             started_at: lease.attempted_at,
             ended_at: now,
             component_hash: None,
+            recording: None,
         },
         transition: transition.clone(),
         effects: Effects::default(),
@@ -677,6 +679,7 @@ pub(super) fn cancel_job(conn: &Connection, id: JobId, now: Timestamp) -> Result
         started_at: attempted_at.unwrap_or(now),
         ended_at: now,
         component_hash: None,
+        recording: None,
     };
     insert_attempt(conn, Fence { id, epoch }, &record)?;
     Ok(JobState::Cancelled)

@@ -5,6 +5,7 @@
 //! plugins built from `plugins/` by `tests/build.rs`.
 
 mod api;
+mod authoring;
 mod binary;
 mod cli;
 mod faulty;

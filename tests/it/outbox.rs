@@ -185,6 +185,7 @@ async fn commit_events(h: &Harness, events: Vec<(&str, String)>) {
             started_at: now,
             ended_at: now,
             component_hash: None,
+            recording: None,
         },
         transition: Transition::Complete {
             output: "{}".into(),

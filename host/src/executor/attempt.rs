@@ -73,6 +73,7 @@ impl Host {
         });
         let component_hash = loaded.as_ref().map(|(_, h, _, _)| h.clone());
         let record_all = loaded.as_ref().is_some_and(|(_, _, all, _)| *all);
+        let record_none = loaded.as_ref().is_none_or(|(_, _, _, max)| *max == 0);
         let report = match loaded {
             Some((plugin, _, _, record_max)) => {
                 let ctx = RunContext {
@@ -197,7 +198,7 @@ impl Host {
         // What the attempt read, kept for a replay: for every failure a
         // plugin ran for (a shutdown is not one), and for every attempt of a
         // plugin that records all.
-        let recorded = component_hash.is_some()
+        let recorded = !record_none
             && !matches!(report.result, Err(RunError::Cancelled))
             && (record_all || report.result.is_err());
         let recording =

@@ -22,8 +22,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use case::{
-    CaseGrants, CaseLimits, EventExpectation, Expect, HttpMock, RequestExpectation, TestCase,
-    TestFile,
+    CaseGrants, CaseLimits, EventExpectation, Expect, HttpAllow, HttpMock, RequestExpectation,
+    TestCase, TestFile,
 };
 pub use check::{Failure, check, diff, json_contains};
 

@@ -83,6 +83,28 @@ impl SqliteOptions {
     }
 }
 
+/// Runs `f` until it does not fail with "busy" or "locked", for at most
+/// `timeout`.
+fn retry_busy<T>(
+    timeout: Duration,
+    mut f: impl FnMut() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Read connections: one long scan leaves the others free.
 const READERS: usize = 3;
 
@@ -109,8 +131,13 @@ impl SqliteStore {
     /// any pending migrations.
     pub fn open(opts: &SqliteOptions) -> Result<SqliteStore, StoreError> {
         let mut conn = connect(opts)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        schema::migrate(&mut conn)?;
+        // Switching a new database to WAL can answer "locked" without
+        // waiting on the busy handler while another process creates or
+        // migrates it (a CLI command run as the host starts): wait here.
+        retry_busy(opts.busy_timeout, || {
+            conn.pragma_update(None, "journal_mode", "WAL")
+        })?;
+        retry_busy(opts.busy_timeout, || schema::migrate(&mut conn))?;
         let readers = (0..READERS)
             .map(|_| connect(opts).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;

@@ -31,7 +31,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::executor::Host;
-use crate::job::{AttemptOutcome, ClaimedJob, Finish, NewJob};
+use crate::job::{AttemptOutcome, ClaimedJob, Finish, NewJob, canonical_json};
 use crate::sandbox::{Limits, Plugin, RunContext, Sandbox, SandboxConfig};
 use crate::store::sqlite::{SqliteStore, Synchronous};
 use crate::store::{ClaimRequest, Store};
@@ -50,6 +50,9 @@ pub struct BenchArgs {
     /// The plugin kind to run (from the configured plugins directory).
     #[arg(long, default_value = "echo")]
     pub plugin: String,
+    /// Every job's payload (JSON).
+    #[arg(long, default_value = r#"{"hello":"world"}"#)]
+    pub payload: String,
     /// Jobs in flight at once.
     #[arg(long, default_value_t = 64)]
     pub concurrency: u32,
@@ -205,7 +208,8 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     for p in config.plugins.values_mut() {
         p.concurrency = p.concurrency.min(args.concurrency);
     }
-    let payload = r#"{"hello":"world"}"#;
+    let payload = canonical_json(&args.payload).map_err(|e| anyhow::anyhow!("--payload: {e}"))?;
+    let payload = payload.as_str();
 
     if args.http {
         let r = api::http(&config, &args, tmp.path()).await?;
@@ -994,7 +998,9 @@ fn load_alone(
         pooling: config.host.pooling,
         max_instances: args.concurrency.saturating_mul(2).saturating_add(8),
         max_memory: config.max_memory(),
-        cache_dir: None,
+        // The host's own cache: a big plugin is compiled once, not per
+        // run of the bench.
+        cache_dir: config.cache_dir(),
     })?;
     let path = config.host.plugins_dir.join(format!("{kind}.wasm"));
     let plugin = sandbox

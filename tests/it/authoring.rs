@@ -338,3 +338,58 @@ http_allow = [{{ url = "http://127.0.0.1:{}" }}]
     let err = env.fails(&["jobs", "replay", "999"]);
     assert!(err.contains("999"), "{err}");
 }
+
+/// The Python plugin's component: built by scripts/test (which says why if
+/// it cannot be), or here if componentize-py is on PATH. `None`: skipped.
+fn python_plugin(dir: &Path) -> Option<PathBuf> {
+    if let Ok(reason) = std::env::var("JOBBOX_SKIP_PYTHON") {
+        eprintln!("skipped: {reason}");
+        return None;
+    }
+    if let Ok(path) = std::env::var("JOBBOX_PYTHON_PLUGIN") {
+        return Some(PathBuf::from(path));
+    }
+    let out = std::process::Command::new(repo().join("scripts/build-python-plugin"))
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the Python plugin did not build ({}); run scripts/test, which installs \
+         componentize-py, or set JOBBOX_SKIP_PYTHON to the reason to skip it",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Some(dir.join("py-stats.wasm"))
+}
+
+#[test]
+fn the_python_plugin_passes_its_tests_and_runs_jobs() {
+    let built = tempfile::tempdir().unwrap();
+    let Some(wasm) = python_plugin(built.path()) else {
+        return;
+    };
+    let env = Env::new(&[], "[plugins.py-stats]\nkv = true\n");
+    std::fs::copy(&wasm, env.plugins_dir().join("py-stats.wasm")).unwrap();
+    let file = repo().join("plugins/py-stats/py-stats.tests.toml");
+    let report: Value = serde_json::from_str(&env.ok(&[
+        "plugins",
+        "test",
+        "--json",
+        file.to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(report["failed"], 0, "{report:#}");
+    assert_eq!(report["passed"], 5, "{report:#}");
+
+    // And through the host: the running count commits with the job.
+    let host = env.spawn_host();
+    let id = env.enqueue("py-stats", r#"{"series":"s","values":[2,4]}"#);
+    let job = wait_state(&env, id, "completed");
+    drop(host);
+    let output = match &job["output"] {
+        Value::String(text) => serde_json::from_str(text).unwrap(),
+        other => other.clone(),
+    };
+    assert_eq!(output["mean"], 3.0);
+    assert_eq!(output["seen"], 2);
+}

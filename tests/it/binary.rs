@@ -3,7 +3,7 @@
 //! started, signalled and killed.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use tempfile::TempDir;
 /// A directory with a config, a database and a plugins directory.
 pub struct Env {
     pub dir: TempDir,
-    _plugins: TempDir,
+    plugins: TempDir,
 }
 
 impl Env {
@@ -43,8 +43,13 @@ impl Env {
         std::fs::write(dir.path().join("jobbox.toml"), config).unwrap();
         Env {
             dir,
-            _plugins: plugins,
+            plugins,
         }
+    }
+
+    /// The host's plugins directory.
+    pub fn plugins_dir(&self) -> &Path {
+        self.plugins.path()
     }
 
     pub fn config(&self) -> PathBuf {

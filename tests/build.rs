@@ -69,6 +69,10 @@ fn main() {
         });
     }
     println!("cargo:rustc-env=JOBBOX_TEST_PLUGINS={}", out.display());
+    println!(
+        "cargo:rustc-env=JOBBOX_GUEST_TARGET={}",
+        target_dir.display()
+    );
 }
 
 /// Reads an environment variable that cargo always sets for build scripts.

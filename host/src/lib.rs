@@ -47,6 +47,7 @@ pub mod policy;
 pub mod replay;
 pub mod retention;
 pub mod sandbox;
+pub mod scaffold;
 pub mod schedule;
 pub mod store;
 pub mod testing;

@@ -67,8 +67,8 @@ impl Plugin {
         let manifest = dir.join("Cargo.toml");
         let text = std::fs::read_to_string(&manifest)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", manifest.display()))?;
-        let parsed: toml::Value = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.display()))?;
+        let parsed: toml::Value =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", manifest.display()))?;
         let name = parsed
             .get("package")
             .and_then(|p| p.get("name"))
@@ -124,13 +124,8 @@ impl Plugin {
     pub fn assert_test_file(&self, path: impl AsRef<Path>) {
         let path = path.as_ref();
         let file = TestFile::read(path).unwrap_or_else(|e| panic!("{e:#}"));
-        let report = runtime().block_on(run_file(
-            &self.harness,
-            path,
-            &file,
-            &self.kind,
-            &self.path,
-        ));
+        let report =
+            runtime().block_on(run_file(&self.harness, path, &file, &self.kind, &self.path));
         if let Some(e) = &report.error {
             panic!("{}: {e}", path.display());
         }
@@ -167,7 +162,13 @@ fn cargo_build(manifest: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let target_dir = own_target_dir();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
         .arg(manifest)
         .arg("--target-dir")
         .arg(&target_dir)
@@ -305,7 +306,11 @@ impl Run<'_> {
     pub fn run(self) -> Report {
         let plugin = self.plugin;
         let run = runtime()
-            .block_on(plugin.harness.run(&plugin.kind, &plugin.component, &self.case))
+            .block_on(
+                plugin
+                    .harness
+                    .run(&plugin.kind, &plugin.component, &self.case),
+            )
             .unwrap_or_else(|e| panic!("the job could not run: {e:#}"));
         Report {
             summary: run.summary,

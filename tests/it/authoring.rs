@@ -371,13 +371,9 @@ fn the_python_plugin_passes_its_tests_and_runs_jobs() {
     let env = Env::new(&[], "[plugins.py-stats]\nkv = true\n");
     std::fs::copy(&wasm, env.plugins_dir().join("py-stats.wasm")).unwrap();
     let file = repo().join("plugins/py-stats/py-stats.tests.toml");
-    let report: Value = serde_json::from_str(&env.ok(&[
-        "plugins",
-        "test",
-        "--json",
-        file.to_str().unwrap(),
-    ]))
-    .unwrap();
+    let report: Value =
+        serde_json::from_str(&env.ok(&["plugins", "test", "--json", file.to_str().unwrap()]))
+            .unwrap();
     assert_eq!(report["failed"], 0, "{report:#}");
     assert_eq!(report["passed"], 5, "{report:#}");
 
@@ -392,4 +388,101 @@ fn the_python_plugin_passes_its_tests_and_runs_jobs() {
     };
     assert_eq!(output["mean"], 3.0);
     assert_eq!(output["seen"], 2);
+}
+
+#[test]
+fn a_new_plugin_project_builds_and_passes_its_tests() {
+    let env = Env::new(&[], "");
+    let dir = tempfile::tempdir().unwrap();
+    let out = env.ok(&[
+        "plugins",
+        "new",
+        "greeter",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.contains("build: cd "), "{out}");
+    let project = dir.path().join("greeter");
+    for f in [
+        "Cargo.toml",
+        "src/lib.rs",
+        "greeter.tests.toml",
+        "README.md",
+    ] {
+        assert!(project.join(f).exists(), "{f} missing");
+    }
+    // Built as the plugins are (the shared guest target directory keeps it
+    // quick), then tested as its README says.
+    let target = jobbox_tests::guest_target_dir();
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(project.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let wasm = target.join("wasm32-wasip2/release/greeter.wasm");
+    let tests = project.join("greeter.tests.toml");
+    let report: Value = serde_json::from_str(&env.ok(&[
+        "plugins",
+        "test",
+        "--json",
+        tests.to_str().unwrap(),
+        "--component",
+        wasm.to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(report["passed"], 2, "{report:#}");
+
+    // Never over an existing directory; a bad name is refused.
+    let err = env.fails(&[
+        "plugins",
+        "new",
+        "greeter",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(err.contains("already exists"), "{err}");
+    let err = env.fails(&[
+        "plugins",
+        "new",
+        "no/slash",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(err.contains("invalid kind"), "{err}");
+
+    // Python: built with its own script, if componentize-py is here.
+    if python_plugin(dir.path()).is_none() {
+        return;
+    }
+    env.ok(&[
+        "plugins",
+        "new",
+        "py-greeter",
+        "--lang",
+        "python",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let project = dir.path().join("py-greeter");
+    let status = std::process::Command::new(project.join("build.sh"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let report: Value = serde_json::from_str(&env.ok(&[
+        "plugins",
+        "test",
+        "--json",
+        project.join("py-greeter.tests.toml").to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(report["passed"], 2, "{report:#}");
 }

@@ -41,10 +41,7 @@ impl Env {
             plugins.path()
         );
         std::fs::write(dir.path().join("jobbox.toml"), config).unwrap();
-        Env {
-            dir,
-            plugins,
-        }
+        Env { dir, plugins }
     }
 
     /// The host's plugins directory.

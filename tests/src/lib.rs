@@ -15,7 +15,8 @@
 //! and outbox) and `webhook-notify` (`wasi:http`), and the test plugins
 //! `spin`, `hog`, `trap`, `fail`, `slow-effect`, `sleepy`, `not-a-plugin` (a
 //! WASI command that is not a plugin), `kv-counter`, `kv-stall` (kv), `emit`
-//! (outbox) and `http-call` (`wasi:http`). Each crate's documentation in
+//! (outbox), `http-call` (`wasi:http`) and `entropy` (clocks, random
+//! numbers and kv, for determinism and replay). Each crate's documentation in
 //! `plugins/` says what its plugin does and what its payload is.
 
 use std::fs;
@@ -26,6 +27,12 @@ use tempfile::TempDir;
 /// The directory holding every built plugin as `<kind>.wasm`.
 pub fn plugin_artifacts() -> &'static Path {
     Path::new(env!("JOBBOX_TEST_PLUGINS"))
+}
+
+/// The target directory the plugins are built in (for a test that builds
+/// another guest crate: it reuses their compiled dependencies).
+pub fn guest_target_dir() -> &'static Path {
+    Path::new(env!("JOBBOX_GUEST_TARGET"))
 }
 
 /// Makes a temporary plugins directory holding a copy of `<kind>.wasm` for

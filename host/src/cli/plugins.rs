@@ -57,6 +57,21 @@ pub enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Create a plugin project: source, a build command and a test file
+    /// that passes.
+    New {
+        /// The plugin's kind (also the project's directory name).
+        name: String,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: crate::scaffold::Lang,
+        /// Where the project directory is made (default: here).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// The jobbox plugin SDK (Rust; default: the one this binary was
+        /// built with).
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<PathBuf>,
+    },
     /// Stop claiming jobs of a kind (attempts already running finish).
     Pause {
         kind: String,
@@ -108,6 +123,21 @@ pub async fn main(config: &Config, cmd: PluginsCommand) -> anyhow::Result<()> {
             result
         }
         PluginsCommand::Check { paths, json } => plugins_check(config, paths, json),
+        PluginsCommand::New {
+            name,
+            lang,
+            dir,
+            sdk,
+        } => {
+            let made = crate::scaffold::new_plugin(&name, lang, &dir, sdk.as_deref())?;
+            outln!("created {}", made.dir.display())?;
+            for f in &made.files {
+                outln!("  {}", f.display())?;
+            }
+            outln!("build: {}", made.build)?;
+            outln!("test:  {}", made.test)?;
+            Ok(())
+        }
         PluginsCommand::Test {
             paths,
             component,

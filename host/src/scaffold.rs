@@ -181,23 +181,10 @@ impl TypedGuest for Plugin {{
 jobbox_sdk::export_typed!(Plugin);
 "#
     );
-    let tests = format!(
-        r#"# Tests for the {name} plugin, run in the host's sandbox with no database or
-# network: `jobbox plugins test {name}.tests.toml` (after the build).
-component = "target/wasm32-wasip2/release/{artifact}"
-
-[[case]]
-name = "greets by name"
-payload = {{ name = "Ada" }}
-expect.output = {{ greeting = "Hello, Ada!" }}
-expect.logs = ["greeting Ada"]
-
-[[case]]
-name = "a payload without a name is refused for good"
-payload = {{ nom = "Ada" }}
-expect.outcome = "permanent"
-expect.error_contains = "name"
-"#
+    let tests = tests_file(
+        name,
+        "the build",
+        &format!("target/wasm32-wasip2/release/{artifact}"),
     );
     let readme = format!(
         r#"# {name}
@@ -268,24 +255,7 @@ mv "$work/{name}.wasm" "{name}.wasm"
 echo "built {name}.wasm"
 "#
     );
-    let tests = format!(
-        r#"# Tests for the {name} plugin, run in the host's sandbox with no database or
-# network: `jobbox plugins test {name}.tests.toml` (after ./build.sh).
-component = "{name}.wasm"
-
-[[case]]
-name = "greets by name"
-payload = {{ name = "Ada" }}
-expect.output = {{ greeting = "Hello, Ada!" }}
-expect.logs = ["greeting Ada"]
-
-[[case]]
-name = "a payload without a name is refused for good"
-payload = {{ nom = "Ada" }}
-expect.outcome = "permanent"
-expect.error_contains = "name"
-"#
-    );
+    let tests = tests_file(name, "./build.sh", &format!("{name}.wasm"));
     let readme = format!(
         r#"# {name}
 
@@ -311,4 +281,27 @@ beside, then rename).
             format!("/{name}.wasm\n/jobbox-cache\n"),
         ),
     ]
+}
+
+/// The test file of a new project: the plugin greets by name, and refuses a
+/// payload without one. Both languages' templates do the same.
+fn tests_file(name: &str, after: &str, component: &str) -> String {
+    format!(
+        r#"# Tests for the {name} plugin, run in the host's sandbox with no database or
+# network: `jobbox plugins test {name}.tests.toml` (after {after}).
+component = "{component}"
+
+[[case]]
+name = "greets by name"
+payload = {{ name = "Ada" }}
+expect.output = {{ greeting = "Hello, Ada!" }}
+expect.logs = ["greeting Ada"]
+
+[[case]]
+name = "a payload without a name is refused for good"
+payload = {{ nom = "Ada" }}
+expect.outcome = "permanent"
+expect.error_contains = "name"
+"#
+    )
 }

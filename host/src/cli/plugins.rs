@@ -319,7 +319,15 @@ fn load_kv(path: &std::path::Path) -> anyhow::Result<MemoryKv> {
     ))
 }
 
-fn plugins_check(config: &Config, paths: Vec<PathBuf>, json: bool) -> anyhow::Result<()> {
+/// The files `paths` name (default: the plugins directory), in order; a
+/// directory stands for its files whose name `wanted` accepts (not
+/// recursively), and must hold at least one.
+pub(super) fn files_named(
+    config: &Config,
+    paths: Vec<PathBuf>,
+    what: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> anyhow::Result<Vec<PathBuf>> {
     let paths = if paths.is_empty() {
         vec![config.host.plugins_dir.clone()]
     } else {
@@ -328,22 +336,31 @@ fn plugins_check(config: &Config, paths: Vec<PathBuf>, json: bool) -> anyhow::Re
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
-            let mut wasm: Vec<PathBuf> = std::fs::read_dir(&path)
+            let mut found: Vec<PathBuf> = std::fs::read_dir(&path)
                 .with_context(|| format!("reading {}", path.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
+                .filter(|p| {
+                    p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(&wanted)
+                })
                 .collect();
-            wasm.sort();
-            if wasm.is_empty() {
-                anyhow::bail!("{}: no .wasm files", path.display());
+            found.sort();
+            if found.is_empty() {
+                anyhow::bail!("{}: no {what} files", path.display());
             }
-            files.extend(wasm);
+            files.extend(found);
         } else if path.is_file() {
             files.push(path);
         } else {
             anyhow::bail!("{}: no such file or directory", path.display());
         }
     }
+    Ok(files)
+}
+
+fn plugins_check(config: &Config, paths: Vec<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let files = files_named(config, paths, "component (.wasm)", |name| {
+        name.ends_with(".wasm")
+    })?;
     let sandbox = Sandbox::new(&SandboxConfig {
         epoch_tick: Duration::from_millis(10),
         pooling: false,

@@ -15,7 +15,9 @@ pub async fn plugins_test(
     component: Option<PathBuf>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let files = test_files(config, paths)?;
+    let files = super::plugins::files_named(config, paths, "test (*.tests.toml)", |name| {
+        name.ends_with(".tests.toml")
+    })?;
     if component.is_some() && files.len() != 1 {
         anyhow::bail!(
             "--component names one component: give exactly one test file (got {})",
@@ -99,40 +101,6 @@ fn error_report(path: &Path, error: String) -> FileReport {
         error: Some(error),
         cases: Vec::new(),
     }
-}
-
-/// The test files named by `paths`, in order; directories are searched
-/// (not recursively) for `*.tests.toml`.
-fn test_files(config: &Config, paths: Vec<PathBuf>) -> anyhow::Result<Vec<PathBuf>> {
-    let paths = if paths.is_empty() {
-        vec![config.host.plugins_dir.clone()]
-    } else {
-        paths
-    };
-    let mut files = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(&path)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.ends_with(".tests.toml"))
-                })
-                .collect();
-            found.sort();
-            files.extend(found);
-        } else if path.exists() {
-            files.push(path);
-        } else {
-            anyhow::bail!("{}: no such file or directory", path.display());
-        }
-    }
-    if files.is_empty() {
-        anyhow::bail!("no test files (*.tests.toml) found");
-    }
-    Ok(files)
 }
 
 /// The component a test file tests: its `component` (relative to the

@@ -440,7 +440,10 @@ pub(crate) struct Random {
 }
 
 enum RandomSource {
-    Live(Box<dyn wasmtime_wasi::Rng + Send>),
+    /// The thread's generator (a CSPRNG reseeded from the OS), asked only
+    /// when the plugin reads random bytes: most never do, and then an
+    /// attempt seeds nothing.
+    Live,
     Scripted {
         recorded: Vec<u8>,
         next: usize,
@@ -465,7 +468,7 @@ impl rand_core::TryRng for Random {
 
     fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
         match &mut self.source {
-            RandomSource::Live(rng) => rng.fill_bytes(dst),
+            RandomSource::Live => rand::Rng::fill_bytes(&mut rand::rng(), dst),
             RandomSource::Scripted {
                 recorded,
                 next,
@@ -515,7 +518,7 @@ pub(crate) fn wasi_ctx(
     });
     let random = |stream: Stream| {
         let source = match script {
-            None => RandomSource::Live(wasmtime_wasi::thread_rng()),
+            None => RandomSource::Live,
             Some(s) => RandomSource::Scripted {
                 recorded: match stream {
                     Stream::Secure => s.recorded.random.0.clone(),

@@ -40,7 +40,9 @@ impl TypedGuest for Entropy {
         });
         log::info(&format!("entropy read {read}"));
         if job.payload.fail {
-            return Err(JobError::permanent(format!("entropy failed having read {read}")));
+            return Err(JobError::permanent(format!(
+                "entropy failed having read {read}"
+            )));
         }
         Ok(Output::json(&read))
     }

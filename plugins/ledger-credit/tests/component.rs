@@ -36,12 +36,20 @@ fn overdrawing_is_refused_for_good_and_writes_nothing() {
         .kv("balance/alice", "10")
         .run();
     assert_eq!(report.outcome(), "permanent");
-    assert!(report.error().unwrap().contains("insufficient funds in alice"));
+    assert!(
+        report
+            .error()
+            .unwrap()
+            .contains("insufficient funds in alice")
+    );
     assert!(report.kv_keys().is_empty());
     assert!(report.events().is_empty());
 }
 
 #[test]
 fn the_declarative_tests_pass_too() {
-    plugin().assert_test_file(concat!(env!("CARGO_MANIFEST_DIR"), "/ledger-credit.tests.toml"));
+    plugin().assert_test_file(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/ledger-credit.tests.toml"
+    ));
 }

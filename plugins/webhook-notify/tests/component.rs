@@ -45,5 +45,8 @@ fn a_request_no_mock_answers_is_denied_and_reported() {
 
 #[test]
 fn the_declarative_tests_pass_too() {
-    plugin().assert_test_file(concat!(env!("CARGO_MANIFEST_DIR"), "/webhook-notify.tests.toml"));
+    plugin().assert_test_file(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/webhook-notify.tests.toml"
+    ));
 }

@@ -424,7 +424,7 @@ fn a_new_plugin_project_builds_and_passes_its_tests() {
         ])
         .arg(project.join("Cargo.toml"))
         .arg("--target-dir")
-        .arg(&target)
+        .arg(target)
         .status()
         .unwrap();
     assert!(status.success());

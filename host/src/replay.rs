@@ -40,6 +40,11 @@ pub struct Recording {
     pub inputs: Captured,
     /// What it did (its HTTP exchanges are in `inputs`).
     pub result: Summary,
+    /// The grants and limits it ran with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<CaseGrants>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<CaseLimits>,
 }
 
 /// The job as the attempt was given it.
@@ -59,8 +64,15 @@ pub struct RecordedJob {
 }
 
 impl Recording {
-    /// The recording of `job`'s attempt that ended with `report`.
-    pub fn of(job: &ClaimedJob, report: &RunReport, component_hash: Option<&str>) -> Recording {
+    /// The recording of `job`'s attempt that ended with `report`, run with
+    /// `grants` and `limits`.
+    pub fn of(
+        job: &ClaimedJob,
+        report: &RunReport,
+        component_hash: Option<&str>,
+        grants: &Grants,
+        limits: &Limits,
+    ) -> Recording {
         let mut result = Summary::of(report);
         result.http.clear();
         Recording {
@@ -80,7 +92,28 @@ impl Recording {
             component_hash: component_hash.map(str::to_owned),
             inputs: report.captured.clone(),
             result,
+            grants: Some(CaseGrants::from_grants(grants)),
+            limits: Some(CaseLimits::from_limits(limits)),
         }
+    }
+
+    /// The grants and limits to replay with: those the attempt ran with,
+    /// else (an older recording) `current`.
+    pub fn settings_or(
+        &self,
+        grants: &Grants,
+        limits: &Limits,
+    ) -> anyhow::Result<(Grants, Limits)> {
+        Ok((
+            match &self.grants {
+                Some(g) => g.clone().resolve()?,
+                None => grants.clone(),
+            },
+            match &self.limits {
+                Some(l) => l.clone().resolve()?,
+                None => *limits,
+            },
+        ))
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {

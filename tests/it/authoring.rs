@@ -282,6 +282,19 @@ http_allow = [{{ url = "http://127.0.0.1:{}" }}]
         )),
         "{text}"
     );
+    // A replay runs with the grants the attempt had, whatever the config
+    // says now (here: entropy's kv grant is gone).
+    let config = std::fs::read_to_string(env.config()).unwrap();
+    std::fs::write(
+        env.config(),
+        config.replace("[plugins.entropy]\nkv = true\n", ""),
+    )
+    .unwrap();
+    assert!(
+        !std::fs::read_to_string(env.config())
+            .unwrap()
+            .contains("[plugins.entropy]")
+    );
 
     // The error text holds every value the attempt read (clock, random,
     // fencing token): the replay reproduces it exactly, fuel included.

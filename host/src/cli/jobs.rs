@@ -178,8 +178,10 @@ async fn run(config: &Config, store: &dyn Store, cmd: JobsCommand) -> anyhow::Re
             let rec = Recording::from_bytes(&bytes)
                 .with_context(|| format!("job {id} attempt {number}"))?;
             let settings = config.plugin(&rec.job.kind);
+            // As the attempt ran: its recorded grants and limits.
+            let (grants, limits) = rec.settings_or(&settings.grants, &settings.limits)?;
             if let Some(path) = export {
-                let file = rec.to_test_file(&settings.grants, &settings.limits);
+                let file = rec.to_test_file(&grants, &limits);
                 let text = toml::to_string_pretty(&file).context("writing the case as TOML")?;
                 write_atomically(&path, text.as_bytes())?;
                 outln!(
@@ -198,15 +200,9 @@ async fn run(config: &Config, store: &dyn Store, cmd: JobsCommand) -> anyhow::Re
                     .join(format!("{}.wasm", rec.job.kind))
             });
             let harness = Harness::new(config.cache_dir())?;
-            let report = replay(
-                &harness,
-                &rec,
-                &component,
-                &settings.grants,
-                &settings.limits,
-            )
-            .await
-            .with_context(|| format!("replaying on {}", component.display()))?;
+            let report = replay(&harness, &rec, &component, &grants, &limits)
+                .await
+                .with_context(|| format!("replaying on {}", component.display()))?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&report)?)?;
             } else {

@@ -201,8 +201,16 @@ impl Host {
         let recorded = !record_none
             && !matches!(report.result, Err(RunError::Cancelled))
             && (record_all || report.result.is_err());
-        let recording =
-            recorded.then(|| Recording::of(&job, &report, component_hash.as_deref()).to_bytes());
+        let recording = recorded.then(|| {
+            Recording::of(
+                &job,
+                &report,
+                component_hash.as_deref(),
+                &settings.grants,
+                &settings.limits,
+            )
+            .to_bytes()
+        });
         let finish = Finish {
             fence: job.fence(),
             attempt: AttemptRecord {

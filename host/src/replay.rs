@@ -144,7 +144,7 @@ impl Recording {
         let exchanges = std::mem::take(&mut inputs.http);
         let http = exchanges
             .iter()
-            .filter(|x| !x.error.as_deref().unwrap_or("").starts_with("denied"))
+            .filter(|x| !x.denied_by_grants())
             .map(|x| HttpMock {
                 once: true,
                 fail: match x.status {
@@ -219,7 +219,7 @@ impl Recording {
                 http_requests: Some(
                     exchanges
                         .iter()
-                        .filter(|x| !x.error.as_deref().unwrap_or("").starts_with("denied"))
+                        .filter(|x| !x.denied_by_grants())
                         .map(|x| RequestExpectation {
                             method: x.method.clone(),
                             url: x.url.clone(),

@@ -136,12 +136,7 @@ impl Plugin {
             .map(|c| {
                 let mut text = format!("case {:?}:", c.name);
                 for f in &c.failures {
-                    text.push_str(&format!("\n  {}: {}", f.what, f.message));
-                    if let Some(d) = &f.diff {
-                        for line in d.lines() {
-                            text.push_str(&format!("\n    {line}"));
-                        }
-                    }
+                    text.push_str(&format!("\n{f:2}"));
                 }
                 text
             })
@@ -383,7 +378,7 @@ impl Report {
         self.summary
             .http
             .iter()
-            .filter(|x| !x.error.as_deref().unwrap_or("").starts_with("denied:"))
+            .filter(|x| !x.denied_by_grants())
             .collect()
     }
 
@@ -392,7 +387,7 @@ impl Report {
         self.summary
             .http
             .iter()
-            .filter(|x| x.error.as_deref().unwrap_or("").starts_with("unmatched"))
+            .filter(|x| jobbox::testing::unmatched(x))
             .collect()
     }
 

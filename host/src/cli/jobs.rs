@@ -287,15 +287,10 @@ fn print_replay(r: &ReplayReport) -> anyhow::Result<()> {
         outln!(
             "differs: {} difference{}",
             r.differences.len(),
-            if r.differences.len() == 1 { "" } else { "s" }
+            super::plural(r.differences.len())
         )?;
         for f in &r.differences {
-            outln!("  {}: {}", f.what, f.message)?;
-            if let Some(diff) = &f.diff {
-                for l in diff.lines() {
-                    outln!("    {l}")?;
-                }
-            }
+            outln!("{f:2}")?;
         }
     }
     Ok(())

@@ -11,6 +11,11 @@ macro_rules! outln {
     }};
 }
 
+/// "s" unless `n` is 1, for counts in messages.
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
 mod jobs;
 mod outbox;
 mod plugins;

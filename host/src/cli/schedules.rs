@@ -87,7 +87,7 @@ async fn run(
                 outln!(
                     "no changes: {} schedule{} already as in the file",
                     report.unchanged.len(),
-                    if report.unchanged.len() == 1 { "" } else { "s" }
+                    super::plural(report.unchanged.len())
                 )?;
             } else {
                 for id in &report.created {

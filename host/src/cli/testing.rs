@@ -64,12 +64,12 @@ pub async fn plugins_test(
     } else {
         outln!(
             "{cases} case{} in {} file{}: {} passed, {failed} failed{}",
-            plural(cases),
+            super::plural(cases),
             reports.len(),
-            plural(reports.len()),
+            super::plural(reports.len()),
             cases - failed,
             if broken > 0 {
-                format!("; {broken} file{} could not run", plural(broken))
+                format!("; {broken} file{} could not run", super::plural(broken))
             } else {
                 String::new()
             }
@@ -86,10 +86,6 @@ pub async fn plugins_test(
         );
     }
     Ok(())
-}
-
-fn plural(n: usize) -> &'static str {
-    if n == 1 { "" } else { "s" }
 }
 
 fn error_report(path: &Path, error: String) -> FileReport {
@@ -149,12 +145,7 @@ pub fn print_case(c: &CaseReport, width: usize) -> anyhow::Result<()> {
         c.elapsed_ms,
     )?;
     for f in &c.failures {
-        outln!("        {}: {}", f.what, f.message)?;
-        if let Some(diff) = &f.diff {
-            for line in diff.lines() {
-                outln!("          {line}")?;
-            }
-        }
+        outln!("{f:8}")?;
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::grants::Grants;
-use super::inputs::{Blob, CannedResponse, Capture, HttpExchange, HttpResponder};
+use super::inputs::{Blob, CannedResponse, Capture, DENIED, HttpExchange, HttpResponder};
 
 /// The header carrying the per-request idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -111,7 +111,7 @@ impl WasiHttpHooks for HttpPolicy {
         if let Some(why) = self.refusal(&request) {
             tracing::warn!(plugin = %self.plugin, "HTTP request denied: {why}");
             if let Some(i) = self.capture.http_request(exchange) {
-                self.capture.http_error(i, format!("denied: {why}"));
+                self.capture.http_error(i, format!("{DENIED}{why}"));
             }
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }

@@ -145,6 +145,18 @@ pub struct HttpExchange {
     pub error: Option<String>,
 }
 
+/// How the error of a request the plugin's grants refused starts: such a
+/// request never left the sandbox.
+pub(crate) const DENIED: &str = "denied: ";
+
+impl HttpExchange {
+    /// Whether the plugin's grants refused the request (so it was never
+    /// sent, nor answered by a mock or a recording).
+    pub fn denied_by_grants(&self) -> bool {
+        self.error.as_deref().is_some_and(|e| e.starts_with(DENIED))
+    }
+}
+
 /// One line the plugin logged.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {

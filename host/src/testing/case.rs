@@ -505,7 +505,12 @@ pub(crate) fn normalize(url: &str) -> String {
 }
 
 /// The text that marks a request no mock answered.
-pub(crate) const UNMATCHED: &str = "unmatched: no mock answers";
+const UNMATCHED: &str = "unmatched: no mock answers";
+
+/// Whether no mock answered `x` (which fails a case).
+pub fn unmatched(x: &HttpExchange) -> bool {
+    x.error.as_deref().is_some_and(|e| e.starts_with(UNMATCHED))
+}
 
 /// A case's mocks, as the sandbox's responder.
 pub(crate) struct Mocks {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::case::UNMATCHED;
+use super::case::unmatched;
 use super::{Summary, TestCase};
 use crate::sandbox::Blob;
 
@@ -41,6 +41,19 @@ impl Failure {
             message: message.into(),
             diff: Some(diff(&pretty(expected), &pretty(actual))),
         }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    /// `what: message`, then the diff's lines indented by two; the
+    /// formatter's width indents the whole (`{:8}`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let indent = " ".repeat(f.width().unwrap_or(0));
+        write!(f, "{indent}{}: {}", self.what, self.message)?;
+        for line in self.diff.iter().flat_map(|d| d.lines()) {
+            write!(f, "\n{indent}  {line}")?;
+        }
+        Ok(())
     }
 }
 
@@ -239,21 +252,16 @@ pub fn check(case: &TestCase, run: &Summary) -> Vec<Failure> {
         }
     }
 
-    let unmatched: Vec<&str> = run
-        .http
-        .iter()
-        .filter_map(|x| x.error.as_deref())
-        .filter(|e| e.starts_with(UNMATCHED))
-        .collect();
-    for u in unmatched {
-        failures.push(Failure::new("http", format!("a request was denied, {u}")));
+    for x in run.http.iter().filter(|x| unmatched(x)) {
+        let why = x.error.as_deref().unwrap_or_default();
+        failures.push(Failure::new("http", format!("a request was denied, {why}")));
     }
     if let Some(want) = &e.http_requests {
         // A request the grants denied never left the sandbox.
         let got: Vec<Value> = run
             .http
             .iter()
-            .filter(|x| !x.error.as_deref().unwrap_or("").starts_with("denied:"))
+            .filter(|x| !x.denied_by_grants())
             .map(|x| {
                 let body = x
                     .request_body

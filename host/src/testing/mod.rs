@@ -23,9 +23,9 @@ use serde::{Deserialize, Serialize};
 
 pub use case::{
     CaseGrants, CaseLimits, EventExpectation, Expect, HttpAllow, HttpMock, RequestExpectation,
-    TestCase, TestFile,
+    TestCase, TestFile, unmatched,
 };
-pub use check::{Failure, check, diff, json_contains};
+pub use check::{Failure, check, json_contains};
 
 use crate::job::ClaimedJob;
 use crate::sandbox::{
@@ -148,11 +148,6 @@ impl Harness {
         let bytes = std::fs::read(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         self.prepare(&bytes)
-    }
-
-    /// Components compiled, and loaded from the cache, so far.
-    pub fn compile_stats(&self) -> (u64, u64) {
-        self.sandbox.compile_stats()
     }
 
     /// Runs `case` on the component as plugin `kind`. An error means the

@@ -19,6 +19,8 @@ use crate::policy::{BreakerPolicy, RateLimit, parse_rate};
 use crate::retention::RetentionConfig;
 use crate::sandbox::HttpRule;
 use crate::schedule::SchedulerConfig;
+use crate::store::StoreOptions;
+use crate::store::postgres::PgOptions;
 use crate::store::sqlite::{SqliteOptions, Synchronous};
 
 pub use crate::time::parse_duration;
@@ -26,7 +28,7 @@ pub use crate::time::parse_duration;
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub store: SqliteOptions,
+    pub store: StoreOptions,
     pub host: HostConfig,
     /// Settings for plugins without a `[plugins.<kind>]` table.
     pub defaults: PluginSettings,
@@ -40,6 +42,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// The admin HTTP API.
     pub api: ApiConfig,
+    /// The directory relative paths resolve against (the config file's).
+    pub base: PathBuf,
 }
 
 /// Settings of the host process.
@@ -100,17 +104,7 @@ impl Config {
     fn from_raw(raw: RawConfig, base: &Path) -> anyhow::Result<Config> {
         let store_raw = raw.store.unwrap_or_default();
         let host_raw = raw.host.unwrap_or_default();
-        let mut store = SqliteOptions::new(
-            base.join(store_raw.path.as_deref().unwrap_or(Path::new("jobbox.db"))),
-        );
-        if let Some(s) = &store_raw.synchronous {
-            store.synchronous = s
-                .parse::<Synchronous>()
-                .map_err(|e| anyhow::anyhow!("store.synchronous: {e}"))?;
-        }
-        if let Some(d) = &store_raw.busy_timeout {
-            store.busy_timeout = duration("store.busy_timeout", d)?;
-        }
+        let store = store_options(store_raw, base)?;
 
         let host = HostConfig {
             plugins_dir: base.join(
@@ -198,6 +192,7 @@ impl Config {
         let config = Config {
             api,
             store,
+            base: base.to_owned(),
             host,
             defaults,
             plugins,
@@ -246,9 +241,9 @@ impl Config {
         }
         Some(self.host.cache_dir.clone().unwrap_or_else(|| {
             self.store
-                .path
-                .parent()
-                .unwrap_or(Path::new("."))
+                .sqlite_path()
+                .and_then(Path::parent)
+                .unwrap_or(&self.base)
                 .join("jobbox-cache")
         }))
     }
@@ -684,6 +679,76 @@ pub struct RawStore {
     pub path: Option<PathBuf>,
     pub synchronous: Option<String>,
     pub busy_timeout: Option<String>,
+    pub url: Option<String>,
+    pub url_env: Option<String>,
+    pub pool: Option<usize>,
+    pub connect_timeout: Option<String>,
+    pub listen: Option<bool>,
+}
+
+/// `[store]`: a SQLite path (the default), or a PostgreSQL URL. The shared
+/// database has no default: it is used only when a URL is given.
+fn store_options(raw: RawStore, base: &Path) -> anyhow::Result<StoreOptions> {
+    let url = match (raw.url, raw.url_env) {
+        (Some(_), Some(_)) => bail!("store.url: give url or url_env, not both"),
+        (Some(u), None) => Some(u),
+        (None, Some(var)) => Some(std::env::var(&var).map_err(|_| {
+            anyhow::anyhow!("store.url_env: the environment variable {var:?} is not set")
+        })?),
+        (None, None) => None,
+    };
+    let Some(url) = url else {
+        for (set, name) in [
+            (raw.pool.is_some(), "pool"),
+            (raw.connect_timeout.is_some(), "connect_timeout"),
+            (raw.listen.is_some(), "listen"),
+        ] {
+            if set {
+                bail!("store.{name}: only applies to PostgreSQL (set store.url)");
+            }
+        }
+        let mut o = SqliteOptions::new(
+            base.join(raw.path.as_deref().unwrap_or(Path::new("jobbox.db"))),
+        );
+        if let Some(s) = &raw.synchronous {
+            o.synchronous = s
+                .parse::<Synchronous>()
+                .map_err(|e| anyhow::anyhow!("store.synchronous: {e}"))?;
+        }
+        if let Some(d) = &raw.busy_timeout {
+            o.busy_timeout = duration("store.busy_timeout", d)?;
+        }
+        return Ok(StoreOptions::Sqlite(o));
+    };
+    for (set, name) in [
+        (raw.path.is_some(), "path"),
+        (raw.synchronous.is_some(), "synchronous"),
+        (raw.busy_timeout.is_some(), "busy_timeout"),
+    ] {
+        if set {
+            bail!("store.{name}: only applies to SQLite, but store.url names PostgreSQL");
+        }
+    }
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        bail!("store.url: expected a postgres:// URL, got {:?}", crate::store::postgres::redact(&url));
+    }
+    if let Err(e) = url.parse::<postgres::Config>() {
+        bail!("store.url: invalid PostgreSQL URL {:?}: {e}", crate::store::postgres::redact(&url));
+    }
+    let mut o = PgOptions::new(url);
+    if let Some(n) = raw.pool {
+        if !(1..=64).contains(&n) {
+            bail!("store.pool: must be 1 to 64 read connections, got {n}");
+        }
+        o.pool = n;
+    }
+    if let Some(d) = &raw.connect_timeout {
+        o.connect_timeout = duration("store.connect_timeout", d)?;
+    }
+    if let Some(l) = raw.listen {
+        o.listen = l;
+    }
+    Ok(StoreOptions::Postgres(o))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -913,6 +978,9 @@ mod tests {
             config.plugin("unknown").limits.memory,
             crate::sandbox::Limits::default().memory
         );
-        assert_eq!(config.store.path, Path::new("/etc/jobbox/jobbox.db"));
+        assert_eq!(
+            config.store.sqlite_path(),
+            Some(Path::new("/etc/jobbox/jobbox.db"))
+        );
     }
 }

@@ -22,7 +22,7 @@ use axum::body::Bytes;
 use hyper::{Method, StatusCode};
 use serde::Serialize;
 
-use super::{BenchArgs, Percentiles, fill_with, host_on};
+use super::{BenchArgs, Percentiles, fill_with, host_on, sqlite, sqlite_of};
 use crate::api::ApiConfig;
 use crate::api::client::Client;
 use crate::config::Config;
@@ -49,7 +49,7 @@ impl Served {
     /// Opens `config`'s store and serves the API; with `run`, the host's
     /// loops run too.
     async fn start(config: &Config, run: bool) -> anyhow::Result<Served> {
-        let store = Arc::new(SqliteStore::open(&config.store)?);
+        let store = Arc::new(SqliteStore::open(&sqlite_of(&config))?);
         let host = host_on(config, &store)?;
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let api = ApiConfig {
@@ -105,7 +105,7 @@ pub struct HttpReport {
 /// `--http`.
 pub async fn http(config: &Config, args: &BenchArgs, dir: &Path) -> anyhow::Result<HttpReport> {
     let mut config = config.clone();
-    config.store.path = dir.join("http-enqueue.db");
+    sqlite(&mut config).path = dir.join("http-enqueue.db");
     let served = Served::start(&config, false).await?;
     let job = serde_json::json!({"kind": args.plugin, "payload": {"hello": "world"}});
     let body = Bytes::from(serde_json::to_vec(&vec![job.clone(); BATCH])?);
@@ -145,7 +145,7 @@ pub async fn http(config: &Config, args: &BenchArgs, dir: &Path) -> anyhow::Resu
     }
     served.stop().await?;
 
-    config.store.path = dir.join("http-wait.db");
+    sqlite(&mut config).path = dir.join("http-wait.db");
     let served = Served::start(&config, true).await?;
     let mut client = served.client().await?;
     let one = Bytes::from(serde_json::to_vec(&job)?);
@@ -204,7 +204,7 @@ pub async fn overhead(
     for round in 0..rounds {
         for api in [false, true] {
             let mut config = config.clone();
-            config.store.path = dir.join(format!("overhead-{round}-{api}.db"));
+            sqlite(&mut config).path = dir.join(format!("overhead-{round}-{api}.db"));
             let (rate, scraped) = drain(&config, args, api).await?;
             scrapes += scraped;
             if api { &mut with } else { &mut without }.push(rate);
@@ -229,7 +229,7 @@ pub async fn overhead(
 /// Drains `args.n` jobs; returns jobs/s and how many scrapes were made.
 async fn drain(config: &Config, args: &BenchArgs, api: bool) -> anyhow::Result<(f64, u64)> {
     let template = NewJob::new(&args.plugin, r#"{"hello":"world"}"#).map_err(anyhow::Error::msg)?;
-    let store = Arc::new(SqliteStore::open(&config.store)?);
+    let store = Arc::new(SqliteStore::open(&sqlite_of(&config))?);
     fill_with(store.as_ref(), args.n, |_| template.clone()).await?;
     store.close().await?;
     let served = Served::start(config, false).await?;
@@ -335,11 +335,11 @@ pub async fn observe(
             .with_context(|| format!("copying {}", source.display()))?;
     }
     config.host.plugins_dir = plugin_dir;
-    config.store.path = dir.join("observe.db");
+    sqlite(&mut config).path = dir.join("observe.db");
 
     // The jobs wait a day, in four queues, over every kind: the counts
     // behind the gauges scan them all, and no attempt runs meanwhile.
-    let store = Arc::new(SqliteStore::open(&config.store)?);
+    let store = Arc::new(SqliteStore::open(&sqlite_of(&config))?);
     let later = SystemClock.now().plus(Duration::from_secs(86_400));
     fill_with(store.as_ref(), rows, |i| NewJob {
         queue: format!("queue-{}", i % 4),
@@ -402,7 +402,7 @@ pub struct IdleReport {
 /// `--idle`: a host with its API and no work, after a second to settle.
 pub async fn idle(config: &Config, dir: &Path, window: Duration) -> anyhow::Result<IdleReport> {
     let mut config = config.clone();
-    config.store.path = dir.join("idle.db");
+    sqlite(&mut config).path = dir.join("idle.db");
     let served = Served::start(&config, true).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (t0, cpu0) = (Instant::now(), cpu_time()?);

@@ -33,8 +33,8 @@ use crate::config::Config;
 use crate::executor::Host;
 use crate::job::{AttemptOutcome, ClaimedJob, Finish, NewJob, canonical_json};
 use crate::sandbox::{Limits, Plugin, RunContext, Sandbox, SandboxConfig};
-use crate::store::sqlite::{SqliteStore, Synchronous};
-use crate::store::{ClaimRequest, Store};
+use crate::store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
+use crate::store::{ClaimRequest, Store, StoreOptions};
 use crate::time::{Clock, SystemClock};
 
 #[derive(Debug, Args)]
@@ -203,7 +203,7 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir().context("creating a temporary directory")?;
     let mut config = config.clone();
     config.host.concurrency = args.concurrency;
-    config.store.synchronous = args.sync;
+    sqlite(&mut config).synchronous = args.sync;
     config.defaults.concurrency = args.concurrency;
     for p in config.plugins.values_mut() {
         p.concurrency = p.concurrency.min(args.concurrency);
@@ -303,7 +303,7 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     }
 
     if let Some(fires) = args.schedule {
-        config.store.path = tmp.path().join("schedule.db");
+        sqlite(&mut config).path = tmp.path().join("schedule.db");
         let report = schedule_latency(&config, &args, fires).await?;
         return print(&report, args.json, || {
             let p = &report.fire_to_start_ms;
@@ -344,7 +344,7 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     }
 
     if args.latency {
-        config.store.path = tmp.path().join("latency.db");
+        sqlite(&mut config).path = tmp.path().join("latency.db");
         let report = latency(&config, &args, payload).await?;
         return print(&report, args.json, || {
             let (p, d) = (&report.enqueue_to_start_ms, &report.enqueue_to_durable_ms);
@@ -368,8 +368,8 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         });
         config.plugins.insert(args.plugin.clone(), settings);
     }
-    config.store.path = tmp.path().join("e2e.db");
-    let store = Arc::new(SqliteStore::open(&config.store)?);
+    sqlite(&mut config).path = tmp.path().join("e2e.db");
+    let store = Arc::new(SqliteStore::open(&sqlite_of(&config))?);
     let enqueue_secs = fill(store.as_ref(), &args, payload).await?;
     let host = host_on(&config, &store)?;
     if host.plugins().get(&args.plugin).is_none() {
@@ -468,7 +468,7 @@ fn startup(
     let bytes = std::fs::read(&source).with_context(|| format!("reading {}", source.display()))?;
     let mut config = config.clone();
     config.host.plugins_dir = dir.join("startup-plugins");
-    config.store.path = dir.join("startup.db");
+    sqlite(&mut config).path = dir.join("startup.db");
     config.host.compile_cache = true;
     config.host.cache_dir = Some(dir.join("startup-cache"));
     std::fs::create_dir_all(&config.host.plugins_dir)?;
@@ -481,7 +481,7 @@ fn startup(
             .join(format!("{}-{i:02}.wasm", args.plugin));
         std::fs::write(path, variant)?;
     }
-    let store = Arc::new(SqliteStore::open(&config.store)?);
+    let store = Arc::new(SqliteStore::open(&sqlite_of(&config))?);
     let time = || -> anyhow::Result<(f64, u64, u64)> {
         let t0 = Instant::now();
         let host = host_on(&config, &store)?;
@@ -710,7 +710,7 @@ async fn schedule_latency(
     if fires == 0 {
         bail!("--schedule must be at least 1");
     }
-    let store = Arc::new(SqliteStore::open(&config.store)?);
+    let store = Arc::new(SqliteStore::open(&sqlite_of(&config))?);
     let text = format!(
         "[[schedules]]\nid = \"bench\"\nevery = \"1s\"\nkind = {:?}\npayload = {{ hello = \"world\" }}\n",
         args.plugin
@@ -812,8 +812,8 @@ async fn contention(
         ("with a concurrency key", true),
     ] {
         let mut config = config.clone();
-        config.store.path = dir.join(format!("contention-{keyed}.db"));
-        let store = Arc::new(SqliteStore::open(&config.store)?);
+        sqlite(&mut config).path = dir.join(format!("contention-{keyed}.db"));
+        let store = Arc::new(SqliteStore::open(&sqlite_of(&config))?);
         fill_with(store.as_ref(), n, |i| {
             let key = format!("counter-{}", i % keys as usize);
             NewJob {
@@ -893,7 +893,7 @@ async fn store_floor(
     payload: &str,
     dir: &std::path::Path,
 ) -> anyhow::Result<f64> {
-    let mut opts = config.store.clone();
+    let mut opts = sqlite_of(config);
     opts.path = dir.join("store-floor.db");
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&opts)?);
     fill(store.as_ref(), args, payload).await?;
@@ -1020,7 +1020,7 @@ async fn latency(
     args: &BenchArgs,
     payload: &str,
 ) -> anyhow::Result<LatencyReport> {
-    let store = Arc::new(SqliteStore::open(&config.store)?);
+    let store = Arc::new(SqliteStore::open(&sqlite_of(&config))?);
     let host = host_on(config, &store)?;
     host.metrics().keep_samples();
     let runner = host.spawn();
@@ -1061,4 +1061,22 @@ async fn latency(
         enqueue_to_start_ms: Percentiles::of(starts),
         enqueue_to_durable_ms: Percentiles::of(durables),
     })
+}
+
+/// The SQLite settings the bench runs with, made the config's store: the
+/// config's own if it names SQLite, else the defaults.
+pub(crate) fn sqlite(config: &mut Config) -> &mut SqliteOptions {
+    if !matches!(config.store, StoreOptions::Sqlite(_)) {
+        config.store = StoreOptions::Sqlite(SqliteOptions::new(config.base.join("jobbox.db")));
+    }
+    match &mut config.store {
+        StoreOptions::Sqlite(o) => o,
+        StoreOptions::Postgres(_) => unreachable!("made SQLite above"),
+    }
+}
+
+/// The config's SQLite settings (the defaults if it names PostgreSQL).
+pub(crate) fn sqlite_of(config: &Config) -> SqliteOptions {
+    let mut config = config.clone();
+    sqlite(&mut config).clone()
 }

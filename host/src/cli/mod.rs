@@ -36,7 +36,6 @@ use crate::executor::Host;
 use crate::job::{NewJob, canonical_json};
 use crate::plugins::validate_kind;
 use crate::store::Store;
-use crate::store::sqlite::SqliteStore;
 use crate::time::{Clock, SystemClock, Timestamp};
 
 /// A durable job executor that runs each job's side effect in a sandboxed
@@ -56,8 +55,9 @@ pub struct GlobalArgs {
     /// ./plugins).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The SQLite database (overrides the config's store.path).
-    #[arg(long, global = true, value_name = "PATH")]
+    /// The database: a SQLite file, or a postgres:// URL (overrides the
+    /// config's [store]).
+    #[arg(long, global = true, value_name = "PATH|URL")]
     pub db: Option<PathBuf>,
     /// How logs are written to stderr.
     #[arg(
@@ -414,16 +414,20 @@ pub fn load_config(global: &GlobalArgs) -> anyhow::Result<Config> {
         None => Config::default_in(std::path::Path::new(".")),
     };
     if let Some(db) = &global.db {
-        config.store.path = db.clone();
+        config.store = crate::store::StoreOptions::from_arg(&db.to_string_lossy());
     }
     Ok(config)
 }
 
 /// Opens the configured store.
-pub fn open_store(config: &Config) -> anyhow::Result<Arc<SqliteStore>> {
-    let store = SqliteStore::open(&config.store)
-        .with_context(|| format!("opening database {}", config.store.path.display()))?;
-    Ok(Arc::new(store))
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(open_store_clocked(config)?.store)
+}
+
+/// Opens the configured store with the clock its hosts read.
+pub fn open_store_clocked(config: &Config) -> anyhow::Result<crate::store::Opened> {
+    crate::store::open(&config.store)
+        .with_context(|| format!("opening database {}", config.store.describe()))
 }
 
 /// Runs `f` with the configured store, closing it after.
@@ -433,19 +437,15 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let store = open_store(config)?;
-    let result = f(Arc::clone(&store) as Arc<dyn Store>).await;
+    let result = f(Arc::clone(&store)).await;
     store.close().await?;
     result
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let store = open_store(&config)?;
+    let crate::store::Opened { store, clock } = open_store_clocked(&config)?;
     let api_config = config.api.clone();
-    let host = Arc::new(Host::new(
-        config,
-        Arc::clone(&store) as Arc<dyn Store>,
-        Arc::new(SystemClock),
-    )?);
+    let host = Arc::new(Host::new(config, Arc::clone(&store), clock)?);
     let (stop_api, mut api_stopped) = tokio::sync::watch::channel(false);
     let api = match api_config.enabled {
         true => Some(

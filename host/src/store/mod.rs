@@ -6,12 +6,17 @@
 //! write that matches nothing reports [`Fenced::FencedOut`] rather than
 //! failing. `now` is always passed in, never read by the store.
 //!
-//! [`sqlite::SqliteStore`] is the embedded default.
+//! [`sqlite::SqliteStore`] is the embedded default;
+//! [`postgres::PgStore`] is the shared database of many hosts. [`open`]
+//! opens whichever [`StoreOptions`] names.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::job::{
@@ -23,7 +28,70 @@ use crate::policy::{
     BreakerChange, BreakerRecord, BreakerState, PauseRecord, PauseScope, RateLimit,
 };
 use crate::schedule::{ApplyReport, FireOutcome, ScheduleFire, ScheduleRecord, ScheduleUpsert};
-use crate::time::Timestamp;
+use crate::time::{Clock, SystemClock, Timestamp};
+
+/// Which database, and its settings (`[store]` in the config).
+#[derive(Clone, Debug)]
+pub enum StoreOptions {
+    /// `[store] path`: one SQLite file (the default, `jobbox.db`).
+    Sqlite(sqlite::SqliteOptions),
+    /// `[store] url` or `url_env`: a PostgreSQL database shared by hosts.
+    Postgres(postgres::PgOptions),
+}
+
+impl StoreOptions {
+    /// The SQLite file, if the store is one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            StoreOptions::Sqlite(o) => Some(&o.path),
+            StoreOptions::Postgres(_) => None,
+        }
+    }
+
+    /// Where the data lives, for messages: a path, or `host:port/database`.
+    pub fn describe(&self) -> String {
+        match self {
+            StoreOptions::Sqlite(o) => o.path.display().to_string(),
+            StoreOptions::Postgres(o) => format!("postgres {}", o.target()),
+        }
+    }
+
+    /// Parses `--db`: a PostgreSQL URL, else a SQLite path.
+    pub fn from_arg(arg: &str) -> StoreOptions {
+        if arg.starts_with("postgres://") || arg.starts_with("postgresql://") {
+            StoreOptions::Postgres(postgres::PgOptions::new(arg))
+        } else {
+            StoreOptions::Sqlite(sqlite::SqliteOptions::new(arg))
+        }
+    }
+}
+
+/// An open store with the clock its hosts should read.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub store: Arc<dyn Store>,
+    /// This machine's clock for SQLite; the database server's time for
+    /// PostgreSQL, so that hosts on many machines agree on leases.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Opens (creating or migrating as needed) the store `opts` names.
+pub fn open(opts: &StoreOptions) -> Result<Opened, StoreError> {
+    Ok(match opts {
+        StoreOptions::Sqlite(o) => Opened {
+            store: Arc::new(sqlite::SqliteStore::open(o)?),
+            clock: Arc::new(SystemClock),
+        },
+        StoreOptions::Postgres(o) => {
+            let store = postgres::PgStore::open(o)?;
+            let clock = store.clock();
+            Opened {
+                store: Arc::new(store),
+                clock,
+            }
+        }
+    })
+}
 
 /// The boxed future every store method returns, so that `dyn Store` works.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -444,6 +512,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// this backend cannot tell, and loops never skip.
     fn outside_version(&self) -> StoreFuture<'_, Option<u64>> {
         Box::pin(async { Ok(None) })
+    }
+
+    /// Changes of [`Store::outside_version`] as they happen, for a backend
+    /// that hears of other processes' commits (PostgreSQL's LISTEN): idle
+    /// loops wake on them instead of waiting for their timer. `None`: this
+    /// backend cannot tell; loops poll.
+    fn outside_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
     }
 
     /// Deletes one batch of what retention allows.

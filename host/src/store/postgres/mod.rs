@@ -1,0 +1,963 @@
+//! The shared store: one PostgreSQL database, many hosts.
+//!
+//! Built like the SQLite store, so that the two behave alike: one writer
+//! thread per store owns a connection and applies whatever commands have
+//! queued up in one transaction (each in its own savepoint, so one
+//! command's error undoes only that command), commits, and only then
+//! answers each caller. Under load many fenced write-backs share one
+//! commit (and one WAL flush with `synchronous_commit = on`). Reads use a
+//! small set of connections of their own.
+//!
+//! Many hosts share the database. What keeps them apart is in the SQL:
+//! claims take rows with `FOR UPDATE SKIP LOCKED`, every write-back is
+//! fenced on id, state and epoch, and the claims that must count what other
+//! hosts run (concurrency keys, rate limits, breaker probes) serialize on a
+//! transaction-level advisory lock.
+//!
+//! Wake-ups: every write transaction that may have made work for someone
+//! else ends with `pg_notify('jobbox', <this store's id>)`. A listener
+//! thread on a connection of its own counts the notifications of *other*
+//! stores: that count is [`Store::outside_version`], and its changes wake
+//! idle loops at once ([`Store::outside_changes`]). While the listener is
+//! not connected the version is unknown (`None`), so loops keep polling.
+//!
+//! Time: hosts on different machines must agree on when a lease expires.
+//! The store measures the offset of the database server's clock from this
+//! machine's at connect time and every [`CLOCK_RESYNC`]; [`PgStore::clock`]
+//! reads this machine's clock plus that offset, so every host reads (within
+//! a round trip) the database's time.
+
+mod ops;
+mod read;
+mod schedules;
+mod schema;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement};
+use tokio::sync::{oneshot, watch};
+
+use super::{
+    Bulk, ClaimRequest, Claimed, CleanReport, CleanRequest, EventCounts, FinishOutcome,
+    QueueStats, StateCounts, Store, StoreError, StoreFuture,
+};
+use crate::job::{
+    Enqueued, ExpiredLease, Fence, Fenced, Finish, JobFilter, JobId, JobRecord, JobState, KvEntry,
+    NewJob, Transition,
+};
+use crate::outbox::{ClaimedEvent, Delivery, EventRecord, EventState};
+use crate::policy::{BreakerRecord, BreakerState, PauseRecord, PauseScope};
+use crate::schedule::{ApplyReport, FireOutcome, ScheduleFire, ScheduleRecord, ScheduleUpsert};
+use crate::time::{Clock, SystemClock, Timestamp};
+
+pub use schema::SCHEMA_VERSION;
+
+/// The channel every store notifies on and listens to.
+const CHANNEL: &str = "jobbox";
+
+/// How often the offset to the database's clock is measured again.
+pub const CLOCK_RESYNC: Duration = Duration::from_secs(30);
+
+/// The most commands one write transaction takes.
+const MAX_GROUP: usize = 512;
+
+/// Settings for [`PgStore::open`] (`[store] url`, `url_env`, `pool`,
+/// `connect_timeout`).
+#[derive(Clone)]
+pub struct PgOptions {
+    /// A libpq-style URL or key-value string: `postgres://user@host/db`.
+    pub url: String,
+    /// Read connections (the writer and the listener have one each).
+    pub pool: usize,
+    /// How long connecting may take before start-up fails.
+    pub connect_timeout: Duration,
+    /// Whether to LISTEN for other hosts' commits (off behind a
+    /// transaction-pooling proxy, which cannot hold a LISTEN; polling then
+    /// finds their work).
+    pub listen: bool,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("url", &redact(&self.url))
+            .field("pool", &self.pool)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("listen", &self.listen)
+            .finish()
+    }
+}
+
+impl PgOptions {
+    pub fn new(url: impl Into<String>) -> PgOptions {
+        PgOptions {
+            url: url.into(),
+            pool: 4,
+            connect_timeout: Duration::from_secs(5),
+            listen: true,
+        }
+    }
+
+    /// Where the URL points, for messages: `host:port/database`, without
+    /// user or password.
+    pub fn target(&self) -> String {
+        match self.url.parse::<postgres::Config>() {
+            Ok(c) => describe(&c),
+            Err(_) => redact(&self.url),
+        }
+    }
+}
+
+/// The URL with any password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    // postgres://user:password@host/...
+    if let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        && let Some(at) = rest.find('@')
+        && let Some(colon) = rest[..at].find(':')
+    {
+        let scheme = &url[..url.len() - rest.len()];
+        return format!("{scheme}{}:***{}", &rest[..colon], &rest[at..]);
+    }
+    url.to_string()
+}
+
+fn describe(c: &postgres::Config) -> String {
+    let hosts: Vec<String> = c
+        .get_hosts()
+        .iter()
+        .zip(c.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(h, port)| match h {
+            postgres::config::Host::Tcp(h) => format!("{h}:{port}"),
+            postgres::config::Host::Unix(p) => format!("{}:{port}", p.display()),
+        })
+        .collect();
+    let host = if hosts.is_empty() {
+        "localhost:5432".to_string()
+    } else {
+        hosts.join(",")
+    };
+    format!("{host}/{}", c.get_dbname().unwrap_or("(default database)"))
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> StoreError {
+        match e.as_db_error() {
+            Some(db) => StoreError::Backend(match db.detail() {
+                Some(detail) => format!("{} ({detail})", db.message()),
+                None => db.message().to_string(),
+            }),
+            None => StoreError::Backend(e.to_string()),
+        }
+    }
+}
+
+/// Whether `e` is PostgreSQL's unique violation (SQLSTATE 23505).
+pub(super) fn is_unique_violation(e: &postgres::Error) -> bool {
+    e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
+}
+
+/// Opens a connection, with a start-up error that names the server.
+fn connect(opts: &PgOptions) -> Result<Client, StoreError> {
+    let mut config: postgres::Config = opts.url.parse().map_err(|e| {
+        StoreError::Backend(format!(
+            "invalid PostgreSQL URL {:?}: {e}",
+            redact(&opts.url)
+        ))
+    })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(opts.connect_timeout);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("jobbox");
+    }
+    config.connect(NoTls).map_err(|e| {
+        StoreError::Backend(format!(
+            "cannot connect to PostgreSQL at {}: {}",
+            describe(&config),
+            e.as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_else(|| source_chain(&e))
+        ))
+    })
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(next) = cur {
+        let more = next.to_string();
+        if !s.contains(&more) {
+            s.push_str(": ");
+            s.push_str(&more);
+        }
+        cur = next.source();
+    }
+    s
+}
+
+/// A connection with its prepared statements, by SQL text.
+///
+/// Statements are prepared once per connection (a named statement is
+/// session state: behind a transaction-pooling proxy, PgBouncer 1.21 or
+/// later with `max_prepared_statements` set keeps them working).
+pub(super) struct Conn {
+    client: Client,
+    cache: HashMap<&'static str, Statement>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").finish_non_exhaustive()
+    }
+}
+
+/// A statement's parameters.
+pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+impl Conn {
+    fn new(client: Client) -> Conn {
+        Conn {
+            client,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// The prepared statement for `sql`, preparing it on first use.
+    pub(super) fn prepared(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
+        if let Some(s) = self.cache.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.cache.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    pub(super) fn query(&mut self, sql: &'static str, p: Params<'_>) -> Result<Vec<Row>, StoreError> {
+        let s = self.prepared(sql)?;
+        Ok(self.client.query(&s, p)?)
+    }
+
+    pub(super) fn query_opt(
+        &mut self,
+        sql: &'static str,
+        p: Params<'_>,
+    ) -> Result<Option<Row>, StoreError> {
+        let s = self.prepared(sql)?;
+        Ok(self.client.query_opt(&s, p)?)
+    }
+
+    pub(super) fn query_one(&mut self, sql: &'static str, p: Params<'_>) -> Result<Row, StoreError> {
+        let s = self.prepared(sql)?;
+        Ok(self.client.query_one(&s, p)?)
+    }
+
+    pub(super) fn execute(&mut self, sql: &'static str, p: Params<'_>) -> Result<u64, StoreError> {
+        let s = self.prepared(sql)?;
+        Ok(self.client.execute(&s, p)?)
+    }
+
+    /// The client itself, for SQL built at run time (filters), which is not
+    /// cached.
+    pub(super) fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+}
+
+/// The offset of the database's clock from this machine's, and the clock
+/// that applies it.
+#[derive(Debug, Default)]
+struct ClockOffset(AtomicI64);
+
+/// This machine's clock, corrected to the database server's (see the
+/// module documentation).
+#[derive(Debug)]
+pub struct DatabaseClock {
+    offset: Arc<ClockOffset>,
+}
+
+impl DatabaseClock {
+    /// The database's clock minus this machine's, in milliseconds, as last
+    /// measured.
+    pub fn offset_ms(&self) -> i64 {
+        self.offset.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Clock for DatabaseClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(SystemClock.now().0 + self.offset_ms())
+    }
+}
+
+/// Measures the database clock's offset: its reading against the midpoint
+/// of the local readings around the round trip.
+fn measure_offset(client: &mut Client) -> Result<i64, StoreError> {
+    let before = SystemClock.now().0;
+    let row = client.query_one(
+        "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+        &[],
+    )?;
+    let after = SystemClock.now().0;
+    let db: i64 = row.get(0);
+    Ok(db - (before + after) / 2)
+}
+
+/// What the listener knows of other stores' commits.
+#[derive(Debug)]
+struct Outside {
+    /// Notifications from other stores so far.
+    version: AtomicU64,
+    /// Whether the listener is connected and listening.
+    live: AtomicBool,
+    changes: watch::Sender<u64>,
+    stop: AtomicBool,
+}
+
+/// A PostgreSQL-backed [`Store`].
+#[derive(Debug)]
+pub struct PgStore {
+    writer: mpsc::Sender<Command>,
+    readers: Arc<[Mutex<Option<Conn>>]>,
+    opts: PgOptions,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    outside: Arc<Outside>,
+    offset: Arc<ClockOffset>,
+}
+
+impl PgStore {
+    /// Connects, applies any pending migrations and starts the writer (and
+    /// the listener, if `opts.listen`).
+    pub fn open(opts: &PgOptions) -> Result<PgStore, StoreError> {
+        let mut client = connect(opts)?;
+        schema::migrate(&mut client)?;
+        let offset = Arc::new(ClockOffset(AtomicI64::new(measure_offset(&mut client)?)));
+        let readers = (0..opts.pool.max(1))
+            .map(|_| Ok(Mutex::new(Some(Conn::new(connect(opts)?)))))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let instance = format!("{:016x}", fastrand::u64(..));
+        let (changes, _) = watch::channel(0);
+        let outside = Arc::new(Outside {
+            version: AtomicU64::new(0),
+            live: AtomicBool::new(false),
+            changes,
+            stop: AtomicBool::new(false),
+        });
+
+        let mut threads = Vec::new();
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            conn: Some(Conn::new(client)),
+            opts: opts.clone(),
+            instance: instance.clone(),
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name("jobbox-pg-writer".into())
+                .spawn(move || writer.run(rx))
+                .map_err(|e| StoreError::Backend(format!("spawning writer thread: {e}")))?,
+        );
+        let listener = Listener {
+            opts: opts.clone(),
+            instance,
+            outside: Arc::clone(&outside),
+            offset: Arc::clone(&offset),
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name("jobbox-pg-listener".into())
+                .spawn(move || listener.run())
+                .map_err(|e| StoreError::Backend(format!("spawning listener thread: {e}")))?,
+        );
+        Ok(PgStore {
+            writer: tx,
+            readers: readers.into(),
+            opts: opts.clone(),
+            threads: Mutex::new(threads),
+            outside,
+            offset,
+        })
+    }
+
+    /// `host:port/database`, for messages.
+    pub fn target(&self) -> String {
+        self.opts.target()
+    }
+
+    /// A clock that reads the database server's time (see the module
+    /// documentation).
+    pub fn clock(&self) -> Arc<DatabaseClock> {
+        Arc::new(DatabaseClock {
+            offset: Arc::clone(&self.offset),
+        })
+    }
+
+    /// The schema version of the database at `opts.url`, without migrating.
+    pub fn schema_version(opts: &PgOptions) -> Result<usize, StoreError> {
+        schema::version(&mut connect(opts)?)
+    }
+
+    /// Queues `f` for the writer, to run in the next group transaction;
+    /// resolves once that transaction committed. With `notify`, the
+    /// transaction tells other stores that it may have made work for them.
+    fn write_with<T, F>(&self, notify: bool, f: F) -> StoreFuture<'_, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let op: WriteOp = Box::new(move |conn| {
+            let result = match conn {
+                Ok(conn) => f(conn),
+                Err(e) => Err(e.clone()),
+            };
+            let failed = result.is_err();
+            let reply: Reply = Box::new(move |commit| {
+                let _ = tx.send(match commit {
+                    Some(e) => Err(e.clone()),
+                    None => result,
+                });
+            });
+            (failed, reply)
+        });
+        let sent = self.writer.send(Command::Write { op, notify });
+        Box::pin(async move {
+            sent.map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    /// A write that may make work for other hosts (they are notified).
+    fn write<T, F>(&self, f: F) -> StoreFuture<'_, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.write_with(true, f)
+    }
+
+    /// A write nobody else needs to hear of (a claim, a lease extension, a
+    /// heartbeat).
+    fn write_quiet<T, F>(&self, f: F) -> StoreFuture<'_, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.write_with(false, f)
+    }
+
+    /// Runs `f` on a read connection off the async runtime, outside any
+    /// transaction (each statement sees what is committed when it starts).
+    fn read<T, F>(&self, f: F) -> StoreFuture<'_, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,
+    {
+        let readers = Arc::clone(&self.readers);
+        let opts = self.opts.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut slot = readers
+                    .iter()
+                    .find_map(|r| r.try_lock().ok())
+                    .unwrap_or_else(|| {
+                        let any = fastrand::usize(..readers.len());
+                        readers[any].lock().unwrap_or_else(|p| p.into_inner())
+                    });
+                // A connection the server closed (a restart, a failover) is
+                // replaced on the next read.
+                if slot.as_ref().is_none_or(Conn::is_closed) {
+                    *slot = Some(Conn::new(connect(&opts)?));
+                }
+                let conn = slot.as_mut().expect("connected above");
+                f(conn)
+            })
+            .await
+            .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+        })
+    }
+}
+
+impl Store for PgStore {
+    fn enqueue(&self, jobs: Vec<NewJob>, now: Timestamp) -> StoreFuture<'_, Vec<Enqueued>> {
+        self.write(move |c| write::enqueue(c, &jobs, now))
+    }
+
+    fn claim(&self, req: ClaimRequest) -> StoreFuture<'_, Claimed> {
+        self.write_quiet(move |c| write::claim(c, &req))
+    }
+
+    fn finish(&self, f: Finish) -> StoreFuture<'_, FinishOutcome> {
+        self.write(move |c| write::finish(c, &f))
+    }
+
+    fn extend_leases(&self, fences: Vec<Fence>, until: Timestamp) -> StoreFuture<'_, Vec<Fenced>> {
+        self.write_quiet(move |c| write::extend_leases(c, &fences, until))
+    }
+
+    fn expired_leases(&self, now: Timestamp, limit: u32) -> StoreFuture<'_, Vec<ExpiredLease>> {
+        self.read(move |c| write::expired_leases(c, now, limit))
+    }
+
+    fn rescue(
+        &self,
+        lease: ExpiredLease,
+        transition: Transition,
+        now: Timestamp,
+    ) -> StoreFuture<'_, Fenced> {
+        self.write(move |c| write::rescue(c, &lease, &transition, now))
+    }
+
+    fn retry_job(&self, id: JobId, now: Timestamp) -> StoreFuture<'_, JobState> {
+        self.write(move |c| ops::retry_job(c, id, now))
+    }
+
+    fn cancel_job(&self, id: JobId, now: Timestamp) -> StoreFuture<'_, JobState> {
+        self.write(move |c| ops::cancel_job(c, id, now))
+    }
+
+    fn retry_jobs(&self, filter: JobFilter, limit: u32, now: Timestamp) -> StoreFuture<'_, Bulk> {
+        self.write(move |c| ops::bulk(c, &filter, limit, now, true))
+    }
+
+    fn cancel_jobs(&self, filter: JobFilter, limit: u32, now: Timestamp) -> StoreFuture<'_, Bulk> {
+        self.write(move |c| ops::bulk(c, &filter, limit, now, false))
+    }
+
+    fn job(&self, id: JobId) -> StoreFuture<'_, Option<JobRecord>> {
+        self.read(move |c| read::job(c, id))
+    }
+
+    fn list_jobs(&self, filter: JobFilter) -> StoreFuture<'_, Vec<JobRecord>> {
+        self.read(move |c| read::list_jobs(c, &filter))
+    }
+
+    fn counts(&self) -> StoreFuture<'_, StateCounts> {
+        self.read(read::counts)
+    }
+
+    fn recording(
+        &self,
+        id: JobId,
+        attempt: Option<u32>,
+    ) -> StoreFuture<'_, Option<(u32, Vec<u8>)>> {
+        self.read(move |c| read::recording(c, id, attempt))
+    }
+
+    fn kv_get(&self, namespace: String, key: String) -> StoreFuture<'_, KvEntry> {
+        self.read(move |c| read::kv_get(c, &namespace, &key))
+    }
+
+    fn kv_list(
+        &self,
+        namespace: String,
+        prefix: String,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<(String, KvEntry)>> {
+        self.read(move |c| read::kv_list(c, &namespace, &prefix, limit))
+    }
+
+    fn claim_events(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        lease: Duration,
+    ) -> StoreFuture<'_, Vec<ClaimedEvent>> {
+        self.write_quiet(move |c| ops::claim_events(c, now, limit, lease))
+    }
+
+    fn record_delivery(
+        &self,
+        id: i64,
+        attempt: u32,
+        delivery: Delivery,
+        now: Timestamp,
+    ) -> StoreFuture<'_, Fenced> {
+        self.write(move |c| ops::record_delivery(c, id, attempt, &delivery, now))
+    }
+
+    fn list_events(
+        &self,
+        state: Option<EventState>,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<EventRecord>> {
+        self.read(move |c| read::list_events(c, state, limit))
+    }
+
+    fn retry_event(&self, id: i64, now: Timestamp) -> StoreFuture<'_, ()> {
+        self.write(move |c| ops::retry_event(c, id, now))
+    }
+
+    fn pending_events(&self) -> StoreFuture<'_, u64> {
+        self.read(read::pending_events)
+    }
+
+    fn event_counts(&self) -> StoreFuture<'_, EventCounts> {
+        self.read(read::event_counts)
+    }
+
+    fn apply_schedules(
+        &self,
+        schedules: Vec<ScheduleUpsert>,
+        prune: bool,
+        now: Timestamp,
+    ) -> StoreFuture<'_, ApplyReport> {
+        self.write(move |c| schedules::apply_schedules(c, &schedules, prune, now))
+    }
+
+    fn schedules(&self) -> StoreFuture<'_, Vec<ScheduleRecord>> {
+        self.read(schedules::schedules)
+    }
+
+    fn schedule(&self, id: String) -> StoreFuture<'_, Option<ScheduleRecord>> {
+        self.read(move |c| schedules::schedule(c, &id))
+    }
+
+    fn due_schedules(&self, now: Timestamp, limit: u32) -> StoreFuture<'_, Vec<ScheduleRecord>> {
+        self.read(move |c| schedules::due_schedules(c, now, limit))
+    }
+
+    fn next_schedule_wake(&self) -> StoreFuture<'_, (Option<Timestamp>, bool)> {
+        self.read(schedules::next_schedule_wake)
+    }
+
+    fn fire_schedule(&self, fire: ScheduleFire) -> StoreFuture<'_, FireOutcome> {
+        self.write(move |c| schedules::fire_schedule(c, &fire))
+    }
+
+    fn fire_buffered(
+        &self,
+        id: String,
+        version: i64,
+        nominal: Timestamp,
+        job: NewJob,
+        now: Timestamp,
+    ) -> StoreFuture<'_, FireOutcome> {
+        self.write(move |c| schedules::fire_buffered(c, &id, version, nominal, &job, now))
+    }
+
+    fn trigger_schedule(
+        &self,
+        id: String,
+        job: NewJob,
+        now: Timestamp,
+    ) -> StoreFuture<'_, Enqueued> {
+        self.write(move |c| schedules::trigger_schedule(c, &id, &job, now))
+    }
+
+    fn pause_schedule(&self, id: String, note: String, now: Timestamp) -> StoreFuture<'_, bool> {
+        self.write(move |c| schedules::pause_schedule(c, &id, &note, now))
+    }
+
+    fn resume_schedule(
+        &self,
+        id: String,
+        next_fire_at: Option<Timestamp>,
+        next_run_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> StoreFuture<'_, bool> {
+        self.write(move |c| schedules::resume_schedule(c, &id, next_fire_at, next_run_at, now))
+    }
+
+    fn delete_schedule(&self, id: String) -> StoreFuture<'_, ()> {
+        self.write(move |c| schedules::delete_schedule(c, &id))
+    }
+
+    fn breakers(&self) -> StoreFuture<'_, Vec<BreakerRecord>> {
+        self.read(read::breakers)
+    }
+
+    fn reset_breaker(&self, kind: String, now: Timestamp) -> StoreFuture<'_, Option<BreakerState>> {
+        self.write(move |c| ops::reset_breaker(c, &kind, now))
+    }
+
+    fn pause(
+        &self,
+        scope: PauseScope,
+        name: String,
+        note: String,
+        now: Timestamp,
+    ) -> StoreFuture<'_, bool> {
+        self.write(move |c| ops::pause(c, scope, &name, &note, now))
+    }
+
+    fn resume(&self, scope: PauseScope, name: String) -> StoreFuture<'_, bool> {
+        self.write(move |c| ops::resume(c, scope, &name))
+    }
+
+    fn pauses(&self) -> StoreFuture<'_, Vec<PauseRecord>> {
+        self.read(read::pauses)
+    }
+
+    fn queues(&self, now: Timestamp) -> StoreFuture<'_, Vec<QueueStats>> {
+        self.read(move |c| read::queues(c, now))
+    }
+
+    fn heartbeat(
+        &self,
+        host: crate::health::HostRecord,
+        forget_before: Timestamp,
+    ) -> StoreFuture<'_, ()> {
+        self.write_quiet(move |c| ops::heartbeat(c, &host, forget_before))
+    }
+
+    fn hosts(&self) -> StoreFuture<'_, Vec<crate::health::HostRecord>> {
+        self.read(read::hosts)
+    }
+
+    fn outside_version(&self) -> StoreFuture<'_, Option<u64>> {
+        let live = self.outside.live.load(Ordering::Acquire);
+        let version = self.outside.version.load(Ordering::Acquire);
+        Box::pin(async move { Ok(live.then_some(version)) })
+    }
+
+    fn outside_changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.outside.changes.subscribe())
+    }
+
+    fn clean(&self, req: CleanRequest) -> StoreFuture<'_, CleanReport> {
+        self.write_quiet(move |c| ops::clean(c, &req))
+    }
+
+    fn close(&self) -> StoreFuture<'_, ()> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.writer.send(Command::Close(tx));
+        self.outside.stop.store(true, Ordering::Release);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        Box::pin(async move {
+            if sent.is_ok() {
+                let _ = rx.await;
+            }
+            // The listener notices `stop` within a second.
+            tokio::task::spawn_blocking(move || {
+                for t in threads {
+                    let _ = t.join();
+                }
+            })
+            .await
+            .map_err(|e| StoreError::Backend(format!("joining store threads: {e}")))?;
+            Ok(())
+        })
+    }
+}
+
+/// Answers one command once its transaction's fate is known: `Some(error)`
+/// if the commit failed.
+type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
+/// One command: runs inside the open transaction and says whether it
+/// failed (its savepoint is then rolled back) and how to answer. Given an
+/// error instead of a connection, it does not run and answers that error.
+type WriteOp = Box<dyn FnOnce(Result<&mut Conn, &StoreError>) -> (bool, Reply) + Send>;
+
+enum Command {
+    Write { op: WriteOp, notify: bool },
+    /// Finish what is queued, then stop.
+    Close(oneshot::Sender<()>),
+}
+
+struct Writer {
+    /// `None` after the connection broke, until it is replaced.
+    conn: Option<Conn>,
+    opts: PgOptions,
+    /// This store's name in its notifications.
+    instance: String,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(MAX_GROUP);
+        let mut closing = None;
+        while closing.is_none() {
+            let Ok(first) = rx.recv() else { break };
+            let mut next = Some(first);
+            let mut notify = false;
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Write { op, notify: n } => {
+                        batch.push(op);
+                        notify |= n;
+                    }
+                    Command::Close(done) => {
+                        closing = Some(done);
+                        break;
+                    }
+                }
+                if batch.len() < MAX_GROUP {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                self.group(&mut batch, notify);
+            }
+        }
+        drop(self.conn.take());
+        if let Some(done) = closing {
+            let _ = done.send(());
+        }
+    }
+
+    /// The writer's connection, reconnecting if it broke.
+    fn conn(&mut self) -> Result<&mut Conn, StoreError> {
+        if self.conn.as_ref().is_none_or(Conn::is_closed) {
+            self.conn = None;
+            self.conn = Some(Conn::new(connect(&self.opts)?));
+        }
+        Ok(self.conn.as_mut().expect("connected above"))
+    }
+
+    /// Applies `batch` in one transaction and answers every command.
+    fn group(&mut self, batch: &mut Vec<WriteOp>, notify: bool) {
+        let begun = self
+            .conn()
+            .and_then(|c| Ok(c.client.batch_execute("BEGIN; SAVEPOINT cmd")?));
+        if let Err(err) = begun {
+            for op in batch.drain(..) {
+                let (_, reply) = op(Err(&err));
+                reply(None);
+            }
+            return;
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut ops = batch.drain(..).peekable();
+        while let Some(op) = ops.next() {
+            let (failed, reply) = op(Ok(conn));
+            replies.push(reply);
+            // Each command runs in its own savepoint; the next one's is
+            // opened in the same round trip as this one's release.
+            let last = ops.peek().is_none();
+            let undo = match (failed, last) {
+                (true, false) => "ROLLBACK TO cmd; RELEASE cmd; SAVEPOINT cmd",
+                (true, true) => "ROLLBACK TO cmd; RELEASE cmd",
+                (false, false) => "RELEASE cmd; SAVEPOINT cmd",
+                (false, true) => "RELEASE cmd",
+            };
+            if let Err(e) = conn.client.batch_execute(undo) {
+                return abandon(conn, replies, ops, StoreError::from(e));
+            }
+        }
+        let commit = if notify {
+            let sql = format!("SELECT pg_notify('{CHANNEL}', '{}'); COMMIT", self.instance);
+            conn.client.batch_execute(&sql)
+        } else {
+            conn.client.batch_execute("COMMIT")
+        };
+        let commit = commit.err().map(StoreError::from);
+        if commit.is_some() {
+            let _ = conn.client.batch_execute("ROLLBACK");
+        }
+        for reply in replies {
+            reply(commit.as_ref());
+        }
+    }
+}
+
+/// Rolls the open transaction back and answers every command of the group
+/// (those that ran and those that did not) with `err`.
+fn abandon(
+    conn: &mut Conn,
+    replies: Vec<Reply>,
+    rest: impl Iterator<Item = WriteOp>,
+    err: StoreError,
+) {
+    let _ = conn.client.batch_execute("ROLLBACK");
+    for reply in replies {
+        reply(Some(&err));
+    }
+    for op in rest {
+        let (_, reply) = op(Err(&err));
+        reply(None);
+    }
+}
+
+/// LISTENs for other stores' commits and keeps the clock offset fresh.
+struct Listener {
+    opts: PgOptions,
+    instance: String,
+    outside: Arc<Outside>,
+    offset: Arc<ClockOffset>,
+}
+
+impl Listener {
+    fn run(self) {
+        let mut backoff = Duration::from_millis(100);
+        while !self.outside.stop.load(Ordering::Acquire) {
+            match self.session() {
+                Ok(()) => return,
+                Err(e) => {
+                    self.outside.live.store(false, Ordering::Release);
+                    tracing::warn!(
+                        "PostgreSQL listener lost ({e}); polling until it reconnects in {}",
+                        humantime::format_duration(backoff)
+                    );
+                    let until = Instant::now() + backoff;
+                    while Instant::now() < until && !self.outside.stop.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// One connection's life: returns `Ok` when told to stop.
+    fn session(&self) -> Result<(), StoreError> {
+        let mut client = connect(&self.opts)?;
+        if self.opts.listen {
+            client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
+            // Whatever happened while nobody listened is unknown: count it
+            // as a change, so that idle loops look.
+            self.bump();
+            self.outside.live.store(true, Ordering::Release);
+        }
+        let mut synced = Instant::now();
+        while !self.outside.stop.load(Ordering::Acquire) {
+            if synced.elapsed() >= CLOCK_RESYNC {
+                self.offset
+                    .0
+                    .store(measure_offset(&mut client)?, Ordering::Relaxed);
+                synced = Instant::now();
+            }
+            if !self.opts.listen {
+                std::thread::sleep(Duration::from_millis(250));
+                continue;
+            }
+            {
+                let mut notifications = client.notifications();
+                let mut iter = notifications.timeout_iter(Duration::from_millis(250));
+                // Every notification of another store wakes the loops at
+                // once; a busy channel still lets this loop see `stop`.
+                for _ in 0..256 {
+                    let Some(n) = iter.next()? else { break };
+                    if n.payload() != self.instance {
+                        self.bump();
+                    }
+                }
+            }
+            if client.is_closed() {
+                return Err(StoreError::Backend("connection closed".into()));
+            }
+        }
+        self.outside.live.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    fn bump(&self) {
+        let v = self.outside.version.fetch_add(1, Ordering::AcqRel) + 1;
+        self.outside.changes.send_replace(v);
+    }
+}

@@ -18,6 +18,11 @@
 //! (outbox), `http-call` (`wasi:http`) and `entropy` (clocks, random
 //! numbers and kv, for determinism and replay). Each crate's documentation in
 //! `plugins/` says what its plugin does and what its payload is.
+//!
+//! [`pg`] chooses the store the tests run against (`JOBBOX_TEST_STORE`) and
+//! makes each test a PostgreSQL database of its own in the postgres pass.
+
+pub mod pg;
 
 use std::fs;
 use std::path::Path;

@@ -18,6 +18,7 @@
 //!   throughput, wasted attempts, discarded jobs, and the counters checked.
 
 mod api;
+mod scale;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -108,6 +109,20 @@ pub struct BenchArgs {
     /// `--plugin`), with an empty compile cache and then a warm one.
     #[arg(long, value_name = "PLUGINS")]
     pub startup: Option<usize>,
+    /// Scale-out on PostgreSQL: `--hosts` host processes on fresh
+    /// databases made on this server drain `-n` jobs (needs a postgres://
+    /// URL of a database the bench may connect to and create databases
+    /// from).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// Host processes per round of `--store`, e.g. 1,2,4.
+    #[arg(long, default_value = "1,2,4", requires = "store")]
+    pub hosts: String,
+    /// In each `--store` round of two or more hosts, kill one with SIGKILL
+    /// a third of the way, and check that its jobs are rescued and none
+    /// completes twice.
+    #[arg(long, requires = "store")]
+    pub kill: bool,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -211,6 +226,11 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     let payload = canonical_json(&args.payload).map_err(|e| anyhow::anyhow!("--payload: {e}"))?;
     let payload = payload.as_str();
 
+    if let Some(store) = &args.store {
+        let url = scale::postgres_url(store)?;
+        let r = scale::scale(&config, &args, &url, tmp.path()).await?;
+        return print(&r, args.json, || scale::text(&r));
+    }
     if args.http {
         let r = api::http(&config, &args, tmp.path()).await?;
         return print(&r, args.json, || {

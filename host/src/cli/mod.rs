@@ -20,6 +20,7 @@ mod jobs;
 mod outbox;
 mod plugins;
 mod queues;
+mod store;
 mod remote;
 mod schedules;
 mod testing;
@@ -114,6 +115,12 @@ pub enum Command {
     },
     /// Measure throughput and latency on a fresh temporary database.
     Bench(crate::bench::BenchArgs),
+    /// Apply the schema migrations this binary has to the configured
+    /// database (hosts also apply them as they start).
+    Migrate,
+    /// The database itself: copy it to another.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -401,6 +408,8 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Outbox(cmd) => outbox::main(&config, cmd).await,
         Command::Schedules(cmd) => schedules::main(&config, cmd).await,
         Command::Queues(cmd) => queues::main(&config, cmd).await,
+        Command::Migrate => store::migrate(&config).await,
+        Command::Store(cmd) => store::main(&config, cmd).await,
         Command::Hosts(HostsCommand::List { json }) => hosts_list(&config, json).await,
         Command::Stats { json, watch } => stats(&config, json, watch).await,
         Command::Bench(args) => crate::bench::main(&config, args).await,

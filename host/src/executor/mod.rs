@@ -417,6 +417,7 @@ impl Host {
             .then(|| tokio::spawn(Arc::clone(self).scheduler(stop_rx.clone())));
         let cleaner = tokio::spawn(Arc::clone(self).cleaner(stop_rx.clone()));
         let watcher = tokio::spawn(Arc::clone(self).watch_plugins(stop_rx.clone()));
+        let outside = tokio::spawn(Arc::clone(self).hear_outside(stop_rx.clone()));
         let heartbeat = tokio::spawn(Arc::clone(self).heartbeat(stop_rx));
         tracing::info!(
             worker = %self.config.host.worker_id,
@@ -571,8 +572,31 @@ impl Host {
         let _ = cleaner.await;
         let _ = heartbeat.await;
         let _ = watcher.await;
+        let _ = outside.await;
         tracing::info!("host stopped");
         Ok(())
+    }
+
+    /// Wakes the producer and the relay whenever the store hears that
+    /// another process committed (PostgreSQL's NOTIFY): an idle host starts
+    /// another host's enqueued job within milliseconds, not a poll later.
+    /// Their timers stay the fallback for a notification that is lost.
+    async fn hear_outside(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let Some(mut changes) = self.store.outside_changes() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    self.wake.notify_one();
+                    self.relay_wake.notify_one();
+                }
+            }
+        }
     }
 
     /// How many jobs the producer may claim now, and which kinds are full.

@@ -10,6 +10,7 @@
 //! [`postgres::PgStore`] is the shared database of many hosts. [`open`]
 //! opens whichever [`StoreOptions`] names.
 
+pub mod copy;
 pub mod postgres;
 pub mod sqlite;
 

@@ -341,7 +341,19 @@ pub struct PgStore {
 impl PgStore {
     /// Connects, applies any pending migrations and starts the writer (and
     /// the listener, if `opts.listen`).
+    ///
+    /// Blocks while it connects. It may be called from async code: the
+    /// blocking client runs its own runtime, so the connecting is done on a
+    /// thread of its own.
     pub fn open(opts: &PgOptions) -> Result<PgStore, StoreError> {
+        std::thread::scope(|s| {
+            s.spawn(|| PgStore::open_here(opts))
+                .join()
+                .unwrap_or_else(|_| Err(StoreError::Backend("opening the store panicked".into())))
+        })
+    }
+
+    fn open_here(opts: &PgOptions) -> Result<PgStore, StoreError> {
         let mut client = connect(opts)?;
         schema::migrate(&mut client)?;
         let offset = Arc::new(ClockOffset(AtomicI64::new(measure_offset(&mut client)?)));
@@ -407,7 +419,11 @@ impl PgStore {
 
     /// The schema version of the database at `opts.url`, without migrating.
     pub fn schema_version(opts: &PgOptions) -> Result<usize, StoreError> {
-        schema::version(&mut connect(opts)?)
+        std::thread::scope(|s| {
+            s.spawn(|| schema::version(&mut connect(opts)?))
+                .join()
+                .unwrap_or_else(|_| Err(StoreError::Backend("reading the schema panicked".into())))
+        })
     }
 
     /// Queues `f` for the writer, to run in the next group transaction;

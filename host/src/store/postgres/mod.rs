@@ -33,7 +33,7 @@ mod schedules;
 mod schema;
 mod write;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -46,8 +46,8 @@ use postgres::{Client, NoTls, Row, Statement};
 use tokio::sync::{oneshot, watch};
 
 use super::{
-    Bulk, ClaimRequest, Claimed, CleanReport, CleanRequest, EventCounts, FinishOutcome,
-    QueueStats, StateCounts, Store, StoreError, StoreFuture,
+    Bulk, ClaimRequest, Claimed, CleanReport, CleanRequest, EventCounts, FinishOutcome, QueueStats,
+    StateCounts, Store, StoreError, StoreFuture,
 };
 use crate::job::{
     Enqueued, ExpiredLease, Fence, Fenced, Finish, JobFilter, JobId, JobRecord, JobState, KvEntry,
@@ -242,7 +242,11 @@ impl Conn {
         Ok(s)
     }
 
-    pub(super) fn query(&mut self, sql: &'static str, p: Params<'_>) -> Result<Vec<Row>, StoreError> {
+    pub(super) fn query(
+        &mut self,
+        sql: &'static str,
+        p: Params<'_>,
+    ) -> Result<Vec<Row>, StoreError> {
         let s = self.prepared(sql)?;
         Ok(self.client.query(&s, p)?)
     }
@@ -256,7 +260,11 @@ impl Conn {
         Ok(self.client.query_opt(&s, p)?)
     }
 
-    pub(super) fn query_one(&mut self, sql: &'static str, p: Params<'_>) -> Result<Row, StoreError> {
+    pub(super) fn query_one(
+        &mut self,
+        sql: &'static str,
+        p: Params<'_>,
+    ) -> Result<Row, StoreError> {
         let s = self.prepared(sql)?;
         Ok(self.client.query_one(&s, p)?)
     }
@@ -456,6 +464,22 @@ impl PgStore {
         })
     }
 
+    /// Queues a write-back for the writer, which batches it with the
+    /// group's others (see [`Writer::group`]); resolves once its
+    /// transaction committed. Other hosts are notified.
+    fn write_finish(&self, finish: Finish, lease_bound: i64) -> StoreFuture<'_, FinishOutcome> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.writer.send(Command::Finish(Box::new(FinishCmd {
+            finish,
+            lease_bound,
+            reply,
+        })));
+        Box::pin(async move {
+            sent.map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
     /// A write that may make work for other hosts (they are notified).
     fn write<T, F>(&self, f: F) -> StoreFuture<'_, T>
     where
@@ -507,17 +531,46 @@ impl PgStore {
     }
 }
 
+impl Drop for PgStore {
+    /// Closes the read connections on a thread of their own: the blocking
+    /// client closes a connection by running its runtime, which may not
+    /// happen on a thread that is running ours (a store is often dropped in
+    /// async code). The writer and listener threads close theirs as they
+    /// end.
+    fn drop(&mut self) {
+        let conns: Vec<Conn> = self
+            .readers
+            .iter()
+            .filter_map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).take())
+            .collect();
+        self.outside.stop.store(true, Ordering::Release);
+        if !conns.is_empty() {
+            let _ = std::thread::Builder::new()
+                .name("jobbox-pg-close".into())
+                .spawn(move || drop(conns));
+        }
+    }
+}
+
 impl Store for PgStore {
     fn enqueue(&self, jobs: Vec<NewJob>, now: Timestamp) -> StoreFuture<'_, Vec<Enqueued>> {
         self.write(move |c| write::enqueue(c, &jobs, now))
     }
 
     fn claim(&self, req: ClaimRequest) -> StoreFuture<'_, Claimed> {
-        self.write_quiet(move |c| write::claim(c, &req))
+        let (reply, rx) = oneshot::channel();
+        let sent = self
+            .writer
+            .send(Command::Claim(Box::new(ClaimCmd { req, reply })));
+        Box::pin(async move {
+            sent.map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
     }
 
     fn finish(&self, f: Finish) -> StoreFuture<'_, FinishOutcome> {
-        self.write(move |c| write::finish(c, &f))
+        // A worker's write-back: no bound on the lease.
+        self.write_finish(f, i64::MAX)
     }
 
     fn extend_leases(&self, fences: Vec<Fence>, until: Timestamp) -> StoreFuture<'_, Vec<Fenced>> {
@@ -534,7 +587,9 @@ impl Store for PgStore {
         transition: Transition,
         now: Timestamp,
     ) -> StoreFuture<'_, Fenced> {
-        self.write(move |c| write::rescue(c, &lease, &transition, now))
+        // Fenced on the lease still being expired at `now`.
+        let done = self.write_finish(write::rescue_finish(&lease, transition, now), now.0);
+        Box::pin(async move { Ok(done.await?.fenced) })
     }
 
     fn retry_job(&self, id: JobId, now: Timestamp) -> StoreFuture<'_, JobState> {
@@ -779,10 +834,60 @@ type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 /// error instead of a connection, it does not run and answers that error.
 type WriteOp = Box<dyn FnOnce(Result<&mut Conn, &StoreError>) -> (bool, Reply) + Send>;
 
+/// A claim: the writer runs it before the group's other commands.
+struct ClaimCmd {
+    req: ClaimRequest,
+    reply: oneshot::Sender<Result<Claimed, StoreError>>,
+}
+
+/// A write-back: a worker's (`lease_bound` the maximum) or the rescuer's
+/// (`lease_bound` its `now`). The writer batches the simple ones.
+struct FinishCmd {
+    finish: Finish,
+    lease_bound: i64,
+    reply: oneshot::Sender<Result<FinishOutcome, StoreError>>,
+}
+
 enum Command {
-    Write { op: WriteOp, notify: bool },
+    Write {
+        op: WriteOp,
+        notify: bool,
+    },
+    Claim(Box<ClaimCmd>),
+    Finish(Box<FinishCmd>),
     /// Finish what is queued, then stop.
     Close(oneshot::Sender<()>),
+}
+
+/// The commands of one write transaction, by kind.
+#[derive(Default)]
+struct Group {
+    claims: Vec<ClaimCmd>,
+    writes: Vec<WriteOp>,
+    finishes: Vec<FinishCmd>,
+    /// Whether to tell other stores that the transaction may have made
+    /// work for them (every command but claims and quiet writes).
+    notify: bool,
+}
+
+impl Group {
+    fn len(&self) -> usize {
+        self.claims.len() + self.writes.len() + self.finishes.len()
+    }
+
+    /// Answers every command with `err`, none having run.
+    fn fail(self, err: &StoreError) {
+        for c in self.claims {
+            let _ = c.reply.send(Err(err.clone()));
+        }
+        for op in self.writes {
+            let (_, reply) = op(Err(err));
+            reply(None);
+        }
+        for f in self.finishes {
+            let _ = f.reply.send(Err(err.clone()));
+        }
+    }
 }
 
 struct Writer {
@@ -795,29 +900,33 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Command>) {
-        let mut batch = Vec::with_capacity(MAX_GROUP);
         let mut closing = None;
         while closing.is_none() {
             let Ok(first) = rx.recv() else { break };
+            let mut group = Group::default();
             let mut next = Some(first);
-            let mut notify = false;
             while let Some(cmd) = next.take() {
                 match cmd {
-                    Command::Write { op, notify: n } => {
-                        batch.push(op);
-                        notify |= n;
+                    Command::Write { op, notify } => {
+                        group.writes.push(op);
+                        group.notify |= notify;
+                    }
+                    Command::Claim(c) => group.claims.push(*c),
+                    Command::Finish(f) => {
+                        group.finishes.push(*f);
+                        group.notify = true;
                     }
                     Command::Close(done) => {
                         closing = Some(done);
                         break;
                     }
                 }
-                if batch.len() < MAX_GROUP {
+                if group.len() < MAX_GROUP {
                     next = rx.try_recv().ok();
                 }
             }
-            if !batch.is_empty() {
-                self.group(&mut batch, notify);
+            if group.len() > 0 {
+                self.group(group);
             }
         }
         drop(self.conn.take());
@@ -835,69 +944,222 @@ impl Writer {
         Ok(self.conn.as_mut().expect("connected above"))
     }
 
-    /// Applies `batch` in one transaction and answers every command.
-    fn group(&mut self, batch: &mut Vec<WriteOp>, notify: bool) {
+    /// Applies `g` in one transaction and answers every command once it
+    /// committed (or failed): nothing is acknowledged before its commit.
+    ///
+    /// Inside the transaction, in this order: the advisory locks of the kv
+    /// keys that the group's completions read or write (sorted), the
+    /// claims (a guarded one takes the claim lock first), the other
+    /// commands, the simple write-backs in one statement, the others one by
+    /// one, and last the breakers they count ([`write::apply_breakers`]).
+    /// Each command (and the batch) runs in a savepoint of its own, so an
+    /// error undoes only that command; a failed batch is retried one
+    /// write-back at a time. Advisory locks come before any row lock, so
+    /// a transaction waiting for one holds no row another waits for: the
+    /// advisory locks never close a cycle of waits between hosts. An error
+    /// outside the savepoints (the breakers, the connection) rolls the
+    /// whole group back and answers every command with it.
+    fn group(&mut self, g: Group) {
+        let kv_keys = write::kv_lock_keys(g.finishes.iter().map(|f| &f.finish));
+        let mut begin = String::from("BEGIN;");
+        for k in &kv_keys {
+            begin.push_str(&format!(" SELECT pg_advisory_xact_lock({k});"));
+        }
+        begin.push_str(" SAVEPOINT cmd");
         let begun = self
             .conn()
-            .and_then(|c| Ok(c.client.batch_execute("BEGIN; SAVEPOINT cmd")?));
+            .and_then(|c| Ok(c.client.batch_execute(&begin)?));
         if let Err(err) = begun {
-            for op in batch.drain(..) {
-                let (_, reply) = op(Err(&err));
-                reply(None);
+            if self.conn.as_ref().is_some_and(|c| !c.is_closed()) {
+                let _ = self
+                    .conn
+                    .as_mut()
+                    .map(|c| c.client.batch_execute("ROLLBACK"));
             }
+            g.fail(&err);
             return;
         }
         let conn = self.conn.as_mut().expect("connected above");
-        let mut replies = Vec::with_capacity(batch.len());
-        let mut ops = batch.drain(..).peekable();
-        while let Some(op) = ops.next() {
-            let (failed, reply) = op(Ok(conn));
-            replies.push(reply);
-            // Each command runs in its own savepoint; the next one's is
-            // opened in the same round trip as this one's release.
-            let last = ops.peek().is_none();
-            let undo = match (failed, last) {
-                (true, false) => "ROLLBACK TO cmd; RELEASE cmd; SAVEPOINT cmd",
-                (true, true) => "ROLLBACK TO cmd; RELEASE cmd",
-                (false, false) => "RELEASE cmd; SAVEPOINT cmd",
-                (false, true) => "RELEASE cmd",
-            };
-            if let Err(e) = conn.client.batch_execute(undo) {
-                return abandon(conn, replies, ops, StoreError::from(e));
+        let Group {
+            claims,
+            writes,
+            finishes,
+            notify,
+        } = g;
+        let (reqs, claim_replies): (Vec<_>, Vec<_>) =
+            claims.into_iter().map(|c| (c.req, c.reply)).unzip();
+        let (items, finish_replies): (Vec<_>, Vec<_>) = finishes
+            .into_iter()
+            .map(|f| ((f.finish, f.lease_bound), f.reply))
+            .unzip();
+        let not_run = || StoreError::Backend("not run".into());
+        let mut group = GroupRun {
+            claimed: reqs.iter().map(|_| Err(not_run())).collect(),
+            finished: items.iter().map(|_| Err(not_run())).collect(),
+            replies: Vec::new(),
+        };
+        let mut writes = writes.into_iter();
+        let fate = match group.apply(conn, &reqs, &mut writes, &items) {
+            Ok(()) => {
+                let commit = if notify {
+                    let sql = format!(
+                        "RELEASE cmd; SELECT pg_notify('{CHANNEL}', '{}'); COMMIT",
+                        self.instance
+                    );
+                    conn.client.batch_execute(&sql)
+                } else {
+                    conn.client.batch_execute("RELEASE cmd; COMMIT")
+                };
+                let fate = commit.err().map(StoreError::from);
+                if fate.is_some() {
+                    let _ = conn.client.batch_execute("ROLLBACK");
+                }
+                fate
+            }
+            Err(e) => {
+                let _ = conn.client.batch_execute("ROLLBACK");
+                Some(e)
+            }
+        };
+        if let Some(e) = &fate {
+            for op in writes {
+                let (_, reply) = op(Err(e));
+                reply(None);
             }
         }
-        let commit = if notify {
-            let sql = format!("SELECT pg_notify('{CHANNEL}', '{}'); COMMIT", self.instance);
-            conn.client.batch_execute(&sql)
-        } else {
-            conn.client.batch_execute("COMMIT")
-        };
-        let commit = commit.err().map(StoreError::from);
-        if commit.is_some() {
-            let _ = conn.client.batch_execute("ROLLBACK");
+        for reply in group.replies {
+            reply(fate.as_ref());
         }
-        for reply in replies {
-            reply(commit.as_ref());
+        for (tx, r) in claim_replies.into_iter().zip(group.claimed) {
+            let _ = tx.send(answer(&fate, r));
+        }
+        for (tx, r) in finish_replies.into_iter().zip(group.finished) {
+            let _ = tx.send(answer(&fate, r));
         }
     }
 }
 
-/// Rolls the open transaction back and answers every command of the group
-/// (those that ran and those that did not) with `err`.
-fn abandon(
-    conn: &mut Conn,
+/// A command's answer once its transaction's fate is known: the commit's
+/// error if it failed.
+fn answer<T>(fate: &Option<StoreError>, r: Result<T, StoreError>) -> Result<T, StoreError> {
+    match fate {
+        Some(e) => Err(e.clone()),
+        None => r,
+    }
+}
+
+/// The answers of a group's commands as they run.
+struct GroupRun {
+    claimed: Vec<Result<Claimed, StoreError>>,
+    finished: Vec<Result<FinishOutcome, StoreError>>,
+    /// Of the writes that ran.
     replies: Vec<Reply>,
-    rest: impl Iterator<Item = WriteOp>,
-    err: StoreError,
-) {
-    let _ = conn.client.batch_execute("ROLLBACK");
-    for reply in replies {
-        reply(Some(&err));
+}
+
+impl GroupRun {
+    /// Runs the group's commands in the open transaction (savepoint `cmd`
+    /// open), in the order [`Writer::group`] describes. An `Err` abandons
+    /// the whole transaction.
+    fn apply(
+        &mut self,
+        conn: &mut Conn,
+        reqs: &[ClaimRequest],
+        writes: &mut std::vec::IntoIter<WriteOp>,
+        items: &[(Finish, i64)],
+    ) -> Result<(), StoreError> {
+        // Claims, each knowing the probes the ones before admitted.
+        let mut probes: Vec<(usize, write::Probe)> = Vec::new();
+        for (i, req) in reqs.iter().enumerate() {
+            let probing: HashSet<String> = probes.iter().map(|(_, p)| p.kind.clone()).collect();
+            let r = write::claim(conn, req, &probing);
+            next_savepoint(conn, r.is_err())?;
+            self.claimed[i] = r.map(|(claimed, admitted)| {
+                probes.extend(admitted.into_iter().map(|p| (i, p)));
+                claimed
+            });
+        }
+        for op in writes.by_ref() {
+            let (failed, reply) = op(Ok(conn));
+            self.replies.push(reply);
+            next_savepoint(conn, failed)?;
+        }
+
+        // Write-backs: the simple ones in one statement, unless two of
+        // the group's name one job (the later one is then fenced out, as
+        // if one by one).
+        let mut per_job: HashMap<JobId, usize> = HashMap::new();
+        for (f, _) in items {
+            *per_job.entry(f.fence.id).or_default() += 1;
+        }
+        let (mut simple, mut one_by_one): (Vec<usize>, Vec<usize>) = (0..items.len())
+            .partition(|&i| write::is_simple(&items[i].0) && per_job[&items[i].0.fence.id] == 1);
+        if !simple.is_empty() {
+            let batch: Vec<write::FinishItem<'_>> =
+                simple.iter().map(|&i| (&items[i].0, items[i].1)).collect();
+            let r = write::finish_batch(conn, &batch);
+            next_savepoint(conn, r.is_err())?;
+            match r {
+                Ok(outcomes) => {
+                    for (&i, o) in simple.iter().zip(outcomes) {
+                        self.finished[i] = Ok(o);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("batched write-backs failed ({e}); applying them one by one");
+                    one_by_one.append(&mut simple);
+                    one_by_one.sort_unstable();
+                }
+            }
+        }
+        for i in one_by_one {
+            let (f, bound) = &items[i];
+            let r = write::finish_one(conn, f, *bound);
+            next_savepoint(conn, r.is_err())?;
+            self.finished[i] = r;
+        }
+
+        // Breakers: the claims' probes, then the applied write-backs'
+        // counts, in command order.
+        let mut counted = Vec::new();
+        let mut tasks = Vec::new();
+        for (i, (f, _)) in items.iter().enumerate() {
+            if let (Ok(o), Some(count)) = (&self.finished[i], &f.breaker)
+                && o.fenced == Fenced::Applied
+                && o.conflict.is_none()
+            {
+                counted.push(i);
+                tasks.push(write::BreakerTask {
+                    count,
+                    fence: f.fence,
+                    now: f.attempt.ended_at,
+                });
+            }
+        }
+        let admitted: Vec<write::Probe> = probes.iter().map(|(_, p)| p.clone()).collect();
+        let steps = write::apply_breakers(conn, &admitted, &tasks)?;
+        for ((claim, p), probed) in probes.iter().zip(steps.probed) {
+            if !probed && let Ok(c) = &mut self.claimed[*claim] {
+                c.half_opened.retain(|k| *k != p.kind);
+            }
+        }
+        for (i, change) in counted.into_iter().zip(steps.changes) {
+            if let Ok(o) = &mut self.finished[i] {
+                o.breaker = change;
+            }
+        }
+        Ok(())
     }
-    for op in rest {
-        let (_, reply) = op(Err(&err));
-        reply(None);
-    }
+}
+
+/// Ends the current command's savepoint (undoing it if it `failed`) and
+/// opens the next one, in one round trip.
+fn next_savepoint(conn: &mut Conn, failed: bool) -> Result<(), StoreError> {
+    let sql = if failed {
+        "ROLLBACK TO cmd; RELEASE cmd; SAVEPOINT cmd"
+    } else {
+        "RELEASE cmd; SAVEPOINT cmd"
+    };
+    Ok(conn.client.batch_execute(sql)?)
 }
 
 /// LISTENs for other stores' commits and keeps the clock offset fresh.

@@ -114,7 +114,10 @@ fn apply_one(
 }
 
 pub(super) fn schedules(c: &mut Conn) -> Result<Vec<ScheduleRecord>> {
-    c.query(SCHEDULES, &[])?.iter().map(schedule_record).collect()
+    c.query(SCHEDULES, &[])?
+        .iter()
+        .map(schedule_record)
+        .collect()
 }
 
 pub(super) fn schedule(c: &mut Conn, id: &str) -> Result<Option<ScheduleRecord>> {
@@ -126,7 +129,11 @@ pub(super) fn schedule(c: &mut Conn, id: &str) -> Result<Option<ScheduleRecord>>
 
 /// Unpaused schedules whose next run is due, or whose buffered fire's
 /// predecessor has finished.
-pub(super) fn due_schedules(c: &mut Conn, now: Timestamp, limit: u32) -> Result<Vec<ScheduleRecord>> {
+pub(super) fn due_schedules(
+    c: &mut Conn,
+    now: Timestamp,
+    limit: u32,
+) -> Result<Vec<ScheduleRecord>> {
     c.query(DUE_SCHEDULES, &[&now.0, &i64::from(limit)])?
         .iter()
         .map(schedule_record)
@@ -232,8 +239,7 @@ pub(super) fn fire_buffered(
 ) -> Result<FireOutcome> {
     // Fenced like a fire: a second host releasing the same buffered fire
     // waits on the first one's row lock, then finds it released.
-    if c
-        .query_opt(RELEASE_BUFFERED, &[&id, &version, &nominal.0, &now.0])?
+    if c.query_opt(RELEASE_BUFFERED, &[&id, &version, &nominal.0, &now.0])?
         .is_none()
     {
         return Ok(FireOutcome::default());
@@ -258,7 +264,12 @@ pub(super) fn fire_buffered(
     })
 }
 
-pub(super) fn trigger_schedule(c: &mut Conn, id: &str, job: &NewJob, now: Timestamp) -> Result<Enqueued> {
+pub(super) fn trigger_schedule(
+    c: &mut Conn,
+    id: &str,
+    job: &NewJob,
+    now: Timestamp,
+) -> Result<Enqueued> {
     // A schedule deleted and made again counts its triggers from zero, but
     // the jobs of the old one's triggers may still hold their keys: a
     // trigger always makes a job of its own, so a taken key is skipped.
@@ -537,8 +548,8 @@ mod tests {
 
     use crate::job::{JobId, NewJob};
     use crate::schedule::{
-        ApplyReport, FireOutcome, Overlap, ScheduleFire, ScheduleRecord, ScheduleUpsert,
-        fire_key, trigger_key,
+        ApplyReport, FireOutcome, Overlap, ScheduleFire, ScheduleRecord, ScheduleUpsert, fire_key,
+        trigger_key,
     };
     use crate::store::postgres::{PgOptions, PgStore};
     use crate::store::{Store, StoreError};
@@ -592,15 +603,20 @@ mod tests {
 
         /// A connection of the test's own to the scratch database.
         fn client(&self) -> Client {
-            self.url.parse::<postgres::Config>().unwrap().connect(NoTls).unwrap()
+            self.url
+                .parse::<postgres::Config>()
+                .unwrap()
+                .connect(NoTls)
+                .unwrap()
         }
     }
 
     impl Drop for Scratch {
         fn drop(&mut self) {
-            let _ = self
-                .admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+            let _ = self.admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
         }
     }
 
@@ -667,7 +683,9 @@ mod tests {
 
     #[test]
     fn schedules_apply_fire_trigger_pause_and_resume_like_sqlite() {
-        let Some(scratch) = Scratch::new() else { return };
+        let Some(scratch) = Scratch::new() else {
+            return;
+        };
         let store = scratch.open();
         let mut db = scratch.client();
         let rt = rt();
@@ -685,7 +703,10 @@ mod tests {
         assert_eq!(report.created, ["a", "b"]);
         let report = rt
             .block_on(store.apply_schedules(
-                vec![upsert("a", "s1", "c1", t0 + 5), upsert("b", "s2", "c1", t0 + 5)],
+                vec![
+                    upsert("a", "s1", "c1", t0 + 5),
+                    upsert("b", "s2", "c1", t0 + 5),
+                ],
                 false,
                 Timestamp(t0),
             ))
@@ -713,18 +734,27 @@ mod tests {
         assert_eq!(a.spec, "s3");
         assert_eq!(a.version, 2);
         assert_eq!(a.next_fire_at, Some(Timestamp(t0 + 7)));
-        assert_eq!((a.created_at, a.updated_at), (Timestamp(t0), Timestamp(t0 + 1)));
+        assert_eq!(
+            (a.created_at, a.updated_at),
+            (Timestamp(t0), Timestamp(t0 + 1))
+        );
         assert!(!a.paused && a.last_job_id.is_none() && a.last_job_state.is_none());
         assert_eq!(rt.block_on(store.schedules()).unwrap().len(), 1);
         assert!(rt.block_on(store.schedule("b".into())).unwrap().is_none());
 
         // due and wake.
-        assert!(rt.block_on(store.due_schedules(Timestamp(t0), 10)).unwrap().is_empty());
+        assert!(
+            rt.block_on(store.due_schedules(Timestamp(t0), 10))
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(
             rt.block_on(store.next_schedule_wake()).unwrap(),
             (Some(Timestamp(t0 + 7)), false)
         );
-        let due = rt.block_on(store.due_schedules(Timestamp(t0 + 7), 10)).unwrap();
+        let due = rt
+            .block_on(store.due_schedules(Timestamp(t0 + 7), 10))
+            .unwrap();
         assert_eq!(due.len(), 1);
 
         // A fire, then a stale one (same plan again) is fenced out.
@@ -732,7 +762,10 @@ mod tests {
         let out = rt.block_on(store.fire_schedule(first.clone())).unwrap();
         assert!(out.applied && out.jobs.len() == 1 && !out.buffered);
         let job1 = out.jobs[0];
-        assert_eq!(rt.block_on(store.fire_schedule(first)).unwrap(), FireOutcome::default());
+        assert_eq!(
+            rt.block_on(store.fire_schedule(first)).unwrap(),
+            FireOutcome::default()
+        );
         let a = rt.block_on(store.schedule("a".into())).unwrap().unwrap();
         assert_eq!(a.fired, 1);
         assert_eq!(a.last_job_id, Some(job1));
@@ -749,12 +782,13 @@ mod tests {
         let a = rt.block_on(store.schedule("a".into())).unwrap().unwrap();
         let held = a.buffered_at.unwrap();
         assert_eq!(held, Timestamp(t0 + 7 + MIN));
-        assert_eq!(rt.block_on(store.next_schedule_wake()).unwrap().1, true);
+        assert!(rt.block_on(store.next_schedule_wake()).unwrap().1);
         // Not due: its next run is ahead and its predecessor still runs.
-        assert!(rt
-            .block_on(store.due_schedules(Timestamp(t0 + MIN + 8), 10))
-            .unwrap()
-            .is_empty());
+        assert!(
+            rt.block_on(store.due_schedules(Timestamp(t0 + MIN + 8), 10))
+                .unwrap()
+                .is_empty()
+        );
         let mut skip = plan(&a, Overlap::BufferOne, t0 + 2 * MIN);
         skip.missed = 2;
         let out = rt.block_on(store.fire_schedule(skip)).unwrap();
@@ -764,7 +798,9 @@ mod tests {
 
         // The predecessor finishes: the buffered fire is due, released once.
         finish_job(&mut db, job1);
-        let due = rt.block_on(store.due_schedules(Timestamp(t0 + 2 * MIN), 10)).unwrap();
+        let due = rt
+            .block_on(store.due_schedules(Timestamp(t0 + 2 * MIN), 10))
+            .unwrap();
         assert_eq!(due.len(), 1);
         let release = |version| {
             store.fire_buffered(
@@ -775,13 +811,22 @@ mod tests {
                 Timestamp(t0 + 2 * MIN + 1),
             )
         };
-        assert_eq!(rt.block_on(release(a.version + 1)).unwrap(), FireOutcome::default());
+        assert_eq!(
+            rt.block_on(release(a.version + 1)).unwrap(),
+            FireOutcome::default()
+        );
         let out = rt.block_on(release(a.version)).unwrap();
         assert!(out.applied && out.jobs.len() == 1);
-        assert_eq!(rt.block_on(release(a.version)).unwrap(), FireOutcome::default());
+        assert_eq!(
+            rt.block_on(release(a.version)).unwrap(),
+            FireOutcome::default()
+        );
         let a = rt.block_on(store.schedule("a".into())).unwrap().unwrap();
         assert_eq!((a.fired, a.buffered_at), (2, None));
-        assert_eq!((a.last_job_id, a.last_fire_at), (Some(out.jobs[0]), Some(held)));
+        assert_eq!(
+            (a.last_job_id, a.last_fire_at),
+            (Some(out.jobs[0]), Some(held))
+        );
 
         // skip with the previous job finished fires; allow always fires.
         finish_job(&mut db, out.jobs[0]);
@@ -792,7 +837,8 @@ mod tests {
         let a = rt.block_on(store.schedule("a".into())).unwrap().unwrap();
         let mut two = plan(&a, Overlap::Allow, t0 + 5 * MIN);
         let due = a.next_fire_at.unwrap().0;
-        two.fires.push((Timestamp(due + MIN), fire_job("a", due + MIN)));
+        two.fires
+            .push((Timestamp(due + MIN), fire_job("a", due + MIN)));
         two.next_fire_at = Some(Timestamp(due + 2 * MIN));
         two.next_run_at = two.next_fire_at;
         let out = rt.block_on(store.fire_schedule(two)).unwrap();
@@ -802,7 +848,8 @@ mod tests {
         finish_job(&mut db, a.last_job_id.unwrap());
         let mut two = plan(&a, Overlap::Skip, t0 + 7 * MIN);
         let due = a.next_fire_at.unwrap().0;
-        two.fires.push((Timestamp(due + MIN), fire_job("a", due + MIN)));
+        two.fires
+            .push((Timestamp(due + MIN), fire_job("a", due + MIN)));
         two.next_fire_at = Some(Timestamp(due + 2 * MIN));
         two.next_run_at = two.next_fire_at;
         let out = rt.block_on(store.fire_schedule(two)).unwrap();
@@ -823,7 +870,10 @@ mod tests {
             .unwrap();
         assert!(trig.created);
         let key: Option<String> = db
-            .query_one("SELECT idempotency_key FROM jobs WHERE id = $1", &[&trig.id])
+            .query_one(
+                "SELECT idempotency_key FROM jobs WHERE id = $1",
+                &[&trig.id],
+            )
             .unwrap()
             .get(0);
         // Whether enqueue works yet is another module's business: with the
@@ -850,18 +900,35 @@ mod tests {
 
         // Pause: the note replaced, the time kept; fires fenced out.
         let now = Timestamp(t0 + 10 * MIN);
-        assert!(rt.block_on(store.pause_schedule("a".into(), "one".into(), now)).unwrap());
+        assert!(
+            rt.block_on(store.pause_schedule("a".into(), "one".into(), now))
+                .unwrap()
+        );
         let later = Timestamp(now.0 + 1);
-        assert!(!rt.block_on(store.pause_schedule("a".into(), "two".into(), later)).unwrap());
+        assert!(
+            !rt.block_on(store.pause_schedule("a".into(), "two".into(), later))
+                .unwrap()
+        );
         let a = rt.block_on(store.schedule("a".into())).unwrap().unwrap();
         assert!(a.paused);
-        assert_eq!((a.pause_note.as_deref(), a.paused_at), (Some("two"), Some(now)));
         assert_eq!(
-            rt.block_on(store.fire_schedule(plan(&a, Overlap::Allow, later.0))).unwrap(),
+            (a.pause_note.as_deref(), a.paused_at),
+            (Some("two"), Some(now))
+        );
+        assert_eq!(
+            rt.block_on(store.fire_schedule(plan(&a, Overlap::Allow, later.0)))
+                .unwrap(),
             FireOutcome::default()
         );
-        assert_eq!(rt.block_on(store.next_schedule_wake()).unwrap(), (None, false));
-        assert!(rt.block_on(store.due_schedules(Timestamp(i64::MAX), 10)).unwrap().is_empty());
+        assert_eq!(
+            rt.block_on(store.next_schedule_wake()).unwrap(),
+            (None, false)
+        );
+        assert!(
+            rt.block_on(store.due_schedules(Timestamp(i64::MAX), 10))
+                .unwrap()
+                .is_empty()
+        );
         let resumed = |id: &str| {
             store.resume_schedule(
                 id.into(),
@@ -896,7 +963,9 @@ mod tests {
 
     #[test]
     fn two_stores_racing_for_the_same_fire_make_one_job() {
-        let Some(scratch) = Scratch::new() else { return };
+        let Some(scratch) = Scratch::new() else {
+            return;
+        };
         let stores = [Arc::new(scratch.open()), Arc::new(scratch.open())];
         let mut db = scratch.client();
         let rt = rt();
@@ -909,7 +978,10 @@ mod tests {
         .unwrap();
         let rounds = 30;
         for round in 0..rounds {
-            let rec = rt.block_on(stores[0].schedule("r".into())).unwrap().unwrap();
+            let rec = rt
+                .block_on(stores[0].schedule("r".into()))
+                .unwrap()
+                .unwrap();
             let fire = plan(&rec, Overlap::Allow, t0 + round * MIN);
             let (x, y) = rt.block_on(async {
                 tokio::join!(
@@ -923,7 +995,10 @@ mod tests {
             assert_eq!(lost, FireOutcome::default());
         }
         assert_eq!(jobs_of(&mut db, "r"), rounds);
-        let rec = rt.block_on(stores[1].schedule("r".into())).unwrap().unwrap();
+        let rec = rt
+            .block_on(stores[1].schedule("r".into()))
+            .unwrap()
+            .unwrap();
         assert_eq!(rec.fired, rounds as u64);
 
         // Both stores apply the same file at once: one creates the
@@ -939,7 +1014,10 @@ mod tests {
         let (x, y) = (both.0.unwrap(), both.1.unwrap());
         assert_eq!(x.created.len() + y.created.len(), 1, "{x:?} {y:?}");
         assert_eq!(x.unchanged.len() + y.unchanged.len(), 1, "{x:?} {y:?}");
-        let n = rt.block_on(stores[0].schedule("n".into())).unwrap().unwrap();
+        let n = rt
+            .block_on(stores[0].schedule("n".into()))
+            .unwrap()
+            .unwrap();
         assert_eq!(n.version, 1);
         for s in &stores {
             rt.block_on(s.close()).unwrap();

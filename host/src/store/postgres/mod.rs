@@ -180,15 +180,35 @@ fn connect(opts: &PgOptions) -> Result<Client, StoreError> {
     if config.get_application_name().is_none() {
         config.application_name("jobbox");
     }
-    config.connect(NoTls).map_err(|e| {
-        StoreError::Backend(format!(
-            "cannot connect to PostgreSQL at {}: {}",
-            describe(&config),
+    // A dead peer on an idle connection is noticed by TCP keepalives.
+    config.keepalives(true);
+    config.keepalives_idle(Duration::from_secs(30));
+    let timeout = config.get_connect_timeout().copied().unwrap_or(opts.connect_timeout);
+    let target = describe(&config);
+    // The client's own timeout covers the TCP connect only: a server (or a
+    // proxy) that accepts and then never answers would hang start-up. So
+    // the handshake runs on a thread of its own and is given up on after
+    // the timeout (the thread ends when the socket does).
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("jobbox-pg-connect".into())
+        .spawn(move || {
+            let _ = tx.send(config.connect(NoTls));
+        })
+        .map_err(|e| StoreError::Backend(format!("spawning a connect thread: {e}")))?;
+    match rx.recv_timeout(timeout + Duration::from_millis(100)) {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(StoreError::Backend(format!(
+            "cannot connect to PostgreSQL at {target}: {}",
             e.as_db_error()
                 .map(|d| d.message().to_string())
                 .unwrap_or_else(|| source_chain(&e))
-        ))
-    })
+        ))),
+        Err(_) => Err(StoreError::Backend(format!(
+            "cannot connect to PostgreSQL at {target}: no answer within {}",
+            humantime::format_duration(timeout)
+        ))),
+    }
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

@@ -228,9 +228,7 @@ fn lock_job(c: &mut Conn, id: JobId) -> Result<Locked> {
 /// The error for a fenced update that matched nothing although the row was
 /// locked in the state it expects (which should not happen).
 fn changed_under_lock(id: JobId, action: &str) -> StoreError {
-    StoreError::Backend(format!(
-        "job {id} changed while being {action}; try again"
-    ))
+    StoreError::Backend(format!("job {id} changed while being {action}; try again"))
 }
 
 pub(super) fn retry_job(c: &mut Conn, id: JobId, now: Timestamp) -> Result<JobState> {
@@ -392,10 +390,9 @@ pub(super) fn record_delivery(
             EVENT_RETRY,
             &[&id, &attempt, &status(*s), error, &next_attempt_at.0],
         )?,
-        Delivery::Failed { status: s, error } => c.execute(
-            EVENT_FAILED,
-            &[&id, &attempt, &status(*s), error, &now.0],
-        )?,
+        Delivery::Failed { status: s, error } => {
+            c.execute(EVENT_FAILED, &[&id, &attempt, &status(*s), error, &now.0])?
+        }
     };
     Ok(if changed == 1 {
         Fenced::Applied
@@ -412,9 +409,7 @@ pub(super) fn retry_event(c: &mut Conn, id: i64, now: Timestamp) -> Result<()> {
         None => Err(StoreError::EventNotFound(id)),
         Some(r) => Err(StoreError::EventNotFailed {
             id,
-            state: col::<String>(&r, 0)?
-                .parse()
-                .map_err(StoreError::Backend)?,
+            state: col::<String>(&r, 0)?.parse().map_err(StoreError::Backend)?,
         }),
     }
 }
@@ -425,11 +420,7 @@ pub(super) fn reset_breaker(
     now: Timestamp,
 ) -> Result<Option<BreakerState>> {
     let before: Option<BreakerState> = match c.query_opt(LOCK_BREAKER, &[&kind])? {
-        Some(r) => Some(
-            col::<String>(&r, 0)?
-                .parse()
-                .map_err(StoreError::Backend)?,
-        ),
+        Some(r) => Some(col::<String>(&r, 0)?.parse().map_err(StoreError::Backend)?),
         None => None,
     };
     c.execute(RESET_BREAKER, &[&kind, &now.0])?;
@@ -443,9 +434,7 @@ pub(super) fn pause(
     note: &str,
     now: Timestamp,
 ) -> Result<bool> {
-    let was = c
-        .query_opt(IS_PAUSED, &[&scope.as_str(), &name])?
-        .is_some();
+    let was = c.query_opt(IS_PAUSED, &[&scope.as_str(), &name])?.is_some();
     c.execute(INSERT_PAUSE, &[&scope.as_str(), &name, &note, &now.0])?;
     Ok(!was)
 }
@@ -543,6 +532,7 @@ mod tests {
 
     use std::time::Duration;
 
+    use postgres::types::ToSql;
     use postgres::{Client, NoTls};
 
     use crate::job::{AttemptOutcome, Fenced, JobFilter, JobId, JobState, NewJob};
@@ -597,12 +587,13 @@ mod tests {
         }
 
         /// A connection of the test's own to the scratch database.
-        fn client(&self) -> Client {
-            self.url
+        fn client(&self) -> Db {
+            Db(self
+                .url
                 .parse::<postgres::Config>()
                 .unwrap()
                 .connect(NoTls)
-                .unwrap()
+                .unwrap())
         }
     }
 
@@ -612,6 +603,30 @@ mod tests {
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 self.name
             ));
+        }
+    }
+
+    /// A connection of the test's own. The blocking client cannot run on
+    /// a runtime's thread, so each call runs on a thread of its own.
+    struct Db(Client);
+
+    impl Db {
+        fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> u64 {
+            let client = &mut self.0;
+            std::thread::scope(|s| {
+                s.spawn(|| client.execute(sql, params).unwrap())
+                    .join()
+                    .unwrap()
+            })
+        }
+
+        fn batch(&mut self, sql: &str) {
+            let client = &mut self.0;
+            std::thread::scope(|s| {
+                s.spawn(|| client.batch_execute(sql).unwrap())
+                    .join()
+                    .unwrap()
+            })
         }
     }
 
@@ -639,24 +654,25 @@ mod tests {
 
     /// Puts job `id` in `state` as a claim (attempt 1, epoch 1) or a
     /// final transition would.
-    fn set_state(db: &mut Client, id: JobId, state: &str, at: i64) {
+    fn set_state(db: &mut Db, id: JobId, state: &str, at: i64) {
         db.execute(
-            "UPDATE jobs SET state = $2, attempt = 1, epoch = 1, attempted_at = $3,
+            "UPDATE jobs SET state = $2::text, attempt = 1, epoch = 1, attempted_at = $3::bigint,
                     lease_expires_at = CASE WHEN $2 = 'running' THEN $3 + 60000 END,
                     finalized_at = CASE WHEN $2 IN ('completed', 'discarded', 'cancelled')
                                         THEN $3 END
              WHERE id = $1",
             &[&id, &state, &at],
-        )
-        .unwrap();
+        );
     }
 
     #[test]
     fn operator_actions_follow_the_state_machine_and_fence_the_worker() {
-        let Some(scratch) = Scratch::new() else { return };
+        let Some(scratch) = Scratch::new() else {
+            return;
+        };
         let mut db = scratch.client();
+        let store = scratch.open();
         rt().block_on(async {
-            let store = scratch.open();
             let mut one_shot = job("echo");
             one_shot.max_attempts = Some(1);
             let ids = enqueue(&store, vec![one_shot, job("echo"), job("sleepy")], 1_000).await;
@@ -672,13 +688,21 @@ mod tests {
             );
             let rec = store.job(discarded).await.unwrap().unwrap();
             assert_eq!(
-                (rec.state, rec.attempt, rec.max_attempts, rec.run_at, rec.finalized_at),
+                (
+                    rec.state,
+                    rec.attempt,
+                    rec.max_attempts,
+                    rec.run_at,
+                    rec.finalized_at
+                ),
                 (JobState::Available, 1, 2, now, None)
             );
             let err = store.retry_job(discarded, now).await.unwrap_err();
             assert_eq!(
                 err.to_string(),
-                format!("job {discarded} is available: retry needs discarded, retryable or cancelled")
+                format!(
+                    "job {discarded} is available: retry needs discarded, retryable or cancelled"
+                )
             );
             assert!(matches!(
                 store.retry_job(999, now).await,
@@ -696,7 +720,10 @@ mod tests {
             );
             assert!(matches!(
                 store.cancel_job(waiting, now).await,
-                Err(StoreError::InvalidState { state: JobState::Cancelled, .. })
+                Err(StoreError::InvalidState {
+                    state: JobState::Cancelled,
+                    ..
+                })
             ));
 
             // cancel: running → cancelled, the attempt recorded; the
@@ -715,13 +742,11 @@ mod tests {
                 (a.attempt, a.epoch, a.outcome, a.duration_ms),
                 (1, 1, AttemptOutcome::Cancelled, 3_000)
             );
-            let worker = db
-                .execute(
-                    "UPDATE jobs SET state = 'completed'
+            let worker = db.execute(
+                "UPDATE jobs SET state = 'completed'
                      WHERE id = $1 AND epoch = 1 AND state = 'running'",
-                    &[&running],
-                )
-                .unwrap();
+                &[&running],
+            );
             assert_eq!(worker, 0);
             // A cancelled job gets no callback event.
             assert_eq!(store.event_counts().await.unwrap().pending, 0);
@@ -770,24 +795,23 @@ mod tests {
 
     #[test]
     fn the_relay_claims_each_event_once_and_fences_its_outcome() {
-        let Some(scratch) = Scratch::new() else { return };
+        let Some(scratch) = Scratch::new() else {
+            return;
+        };
         let mut db = scratch.client();
+        let mut other = scratch.client();
+        let store = scratch.open();
         rt().block_on(async {
-            let store = scratch.open();
             for i in 1..=3 {
                 db.execute(
                     "INSERT INTO outbox (job_id, topic, url, body, idempotency_key,
                                          state, next_attempt_at, created_at)
                      VALUES ($1, 't', 'http://x', 'body'::bytea, $2, 'pending', $3, 0)",
                     &[&i64::from(i), &format!("k{i}"), &i64::from(i * 100)],
-                )
-                .unwrap();
+                );
             }
             // Another relay holds event 1.
-            let mut other = scratch.client();
-            let mut tx = other.transaction().unwrap();
-            tx.query("SELECT id FROM outbox WHERE id = 1 FOR UPDATE", &[])
-                .unwrap();
+            other.batch("BEGIN; SELECT id FROM outbox WHERE id = 1 FOR UPDATE");
             let lease = Duration::from_secs(10);
             let claimed = store
                 .claim_events(Timestamp(1_000), 10, lease)
@@ -796,7 +820,7 @@ mod tests {
             assert_eq!(claimed.iter().map(|e| e.id).collect::<Vec<_>>(), [2, 3]);
             assert_eq!(claimed[0].attempt, 1);
             assert_eq!(claimed[0].body, b"body");
-            tx.rollback().unwrap();
+            other.batch("ROLLBACK");
             // Leased: not claimed again until the lease ends.
             let claimed = store
                 .claim_events(Timestamp(1_000), 10, lease)
@@ -810,7 +834,10 @@ mod tests {
             };
             let t = Timestamp(2_000);
             assert_eq!(
-                store.record_delivery(2, 2, delivered.clone(), t).await.unwrap(),
+                store
+                    .record_delivery(2, 2, delivered.clone(), t)
+                    .await
+                    .unwrap(),
                 Fenced::FencedOut
             );
             assert_eq!(
@@ -827,7 +854,10 @@ mod tests {
             );
             assert!(matches!(
                 store.retry_event(2, t).await,
-                Err(StoreError::EventNotFailed { id: 2, state: EventState::Delivered })
+                Err(StoreError::EventNotFailed {
+                    id: 2,
+                    state: EventState::Delivered
+                })
             ));
             assert!(matches!(
                 store.retry_event(9, t).await,
@@ -854,10 +884,12 @@ mod tests {
 
     #[test]
     fn kv_breakers_pauses_and_hosts_read_back_in_sqlite_order() {
-        let Some(scratch) = Scratch::new() else { return };
+        let Some(scratch) = Scratch::new() else {
+            return;
+        };
         let mut db = scratch.client();
+        let store = scratch.open();
         rt().block_on(async {
-            let store = scratch.open();
             for (key, value) in [
                 ("balance/b", Some(&b"2"[..])),
                 ("balance/B", Some(&b"1"[..])),
@@ -869,8 +901,7 @@ mod tests {
                     "INSERT INTO kv (namespace, key, value, version, updated_at)
                      VALUES ('ns', $1, $2, 3, 0)",
                     &[&key, &value],
-                )
-                .unwrap();
+                );
             }
             let listed = store
                 .kv_list("ns".into(), "balance/".into(), 10)
@@ -895,17 +926,22 @@ mod tests {
                  VALUES ('b', 'half_open', 5, 10, 20, 7, 2, 1, 30),
                         ('a', 'closed', 0, NULL, NULL, NULL, NULL, 0, 1)",
                 &[],
-            )
-            .unwrap();
+            );
             let breakers = store.breakers().await.unwrap();
             assert_eq!(breakers[0].kind, "a");
             assert_eq!(breakers[1].probe, Some((7, 2)));
             assert_eq!(
-                store.reset_breaker("b".into(), Timestamp(40)).await.unwrap(),
+                store
+                    .reset_breaker("b".into(), Timestamp(40))
+                    .await
+                    .unwrap(),
                 Some(BreakerState::HalfOpen)
             );
             assert_eq!(
-                store.reset_breaker("none".into(), Timestamp(40)).await.unwrap(),
+                store
+                    .reset_breaker("none".into(), Timestamp(40))
+                    .await
+                    .unwrap(),
                 None
             );
             let b = &store.breakers().await.unwrap()[1];
@@ -914,16 +950,23 @@ mod tests {
                 (BreakerState::Closed, 0, None, 1, Timestamp(40))
             );
 
-            let paused = |s, n: &str, note: &str| store.pause(s, n.into(), note.into(), Timestamp(50));
+            let paused =
+                |s, n: &str, note: &str| store.pause(s, n.into(), note.into(), Timestamp(50));
             assert!(paused(PauseScope::Queue, "q", "one").await.unwrap());
             assert!(!paused(PauseScope::Queue, "q", "two").await.unwrap());
             assert!(paused(PauseScope::Kind, "k", "").await.unwrap());
             let pauses = store.pauses().await.unwrap();
             assert_eq!(pauses.len(), 2);
-            assert_eq!((pauses[0].scope, pauses[1].note.as_str()), (PauseScope::Kind, "two"));
+            assert_eq!(
+                (pauses[0].scope, pauses[1].note.as_str()),
+                (PauseScope::Kind, "two")
+            );
             let queues = store.queues(Timestamp(50)).await.unwrap();
             assert_eq!(queues.len(), 1);
-            assert_eq!(queues[0].paused.as_ref().map(|p| p.name.as_str()), Some("q"));
+            assert_eq!(
+                queues[0].paused.as_ref().map(|p| p.name.as_str()),
+                Some("q")
+            );
             assert!(store.resume(PauseScope::Queue, "q".into()).await.unwrap());
             assert!(!store.resume(PauseScope::Queue, "q".into()).await.unwrap());
 
@@ -935,9 +978,15 @@ mod tests {
                 ready: true,
                 in_flight: 3,
             };
-            store.heartbeat(host("old", 10), Timestamp(0)).await.unwrap();
+            store
+                .heartbeat(host("old", 10), Timestamp(0))
+                .await
+                .unwrap();
             store.heartbeat(host("b", 100), Timestamp(0)).await.unwrap();
-            store.heartbeat(host("a", 100), Timestamp(50)).await.unwrap();
+            store
+                .heartbeat(host("a", 100), Timestamp(50))
+                .await
+                .unwrap();
             let hosts = store.hosts().await.unwrap();
             let ids: Vec<&str> = hosts.iter().map(|h| h.id.as_str()).collect();
             assert_eq!(ids, ["a", "b"]);
@@ -948,10 +997,12 @@ mod tests {
 
     #[test]
     fn the_cleaner_deletes_what_retention_allows_and_reports_its_sweep() {
-        let Some(scratch) = Scratch::new() else { return };
+        let Some(scratch) = Scratch::new() else {
+            return;
+        };
         let mut db = scratch.client();
+        let store = scratch.open();
         rt().block_on(async {
-            let store = scratch.open();
             // 1, 2 completed long ago; 3 discarded long ago; 4 running;
             // 5 completed recently; 6 created after the cut-off.
             let ids = enqueue(&store, (0..5).map(|_| job("echo")).collect(), 100).await;
@@ -970,21 +1021,19 @@ mod tests {
                                        ended_at, duration_ms, recording)
                  VALUES ($1, 1, 1, 'completed', 100, 200, 100, '\\x0102'::bytea)",
                 &[&ids[0]],
-            )
-            .unwrap();
+            );
             let rec = store.recording(ids[0], None).await.unwrap();
             assert_eq!(rec, Some((1, vec![1, 2])));
             assert_eq!(store.recording(ids[0], Some(2)).await.unwrap(), None);
             let shown = store.job(ids[0]).await.unwrap().unwrap();
             assert_eq!(shown.attempts[0].recording_bytes, Some(2));
-            db.batch_execute(
+            db.batch(
                 "INSERT INTO kv VALUES ('ns', 'dead', NULL, 2, 100), ('ns', 'live', 'v', 1, 100);
                  INSERT INTO outbox (job_id, topic, url, body, idempotency_key, state,
                                      next_attempt_at, created_at, finalized_at)
                  VALUES (1, 't', 'u', ''::bytea, 'd', 'delivered', 0, 0, 100);
                  INSERT INTO schedule_fires VALUES ('s', 0, 0, 1, 100), ('s', 1, 0, 1, 5000);",
-            )
-            .unwrap();
+            );
             let cut = Some(Timestamp(1_000));
             let req = CleanRequest {
                 completed_before: cut,
@@ -1021,7 +1070,11 @@ mod tests {
                 .collect();
             assert_eq!(left, [young, ids[4], ids[3]]);
             assert_eq!(
-                store.kv_get("ns".into(), "live".into()).await.unwrap().version,
+                store
+                    .kv_get("ns".into(), "live".into())
+                    .await
+                    .unwrap()
+                    .version,
                 Some(1)
             );
             store.close().await.unwrap();

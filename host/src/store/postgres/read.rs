@@ -471,10 +471,7 @@ pub(super) fn opt_int<T: TryFrom<i64>>(r: &Row, i: usize) -> Result<Option<T>> {
     };
     v.map(|v| {
         T::try_from(v).map_err(|_| {
-            StoreError::Backend(format!(
-                "column {}: {v} is out of range",
-                column_name(r, i)
-            ))
+            StoreError::Backend(format!("column {}: {v} is out of range", column_name(r, i)))
         })
     })
     .transpose()

@@ -74,7 +74,9 @@ const MIGRATIONS: &[&str] = &[
 
     CREATE TABLE kv (
         namespace  TEXT   NOT NULL,
-        key        TEXT   NOT NULL,
+        -- Byte order, as in SQLite: prefix listings are a range of the
+        -- primary key whatever the database's collation.
+        key        TEXT   COLLATE "C" NOT NULL,
         value      BYTEA,
         version    BIGINT NOT NULL,
         updated_at BIGINT NOT NULL,

@@ -5,16 +5,22 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jobbox::store::sqlite::{SqliteOptions, SqliteStore};
+use jobbox::store::Store;
 use serde_json::Value;
 use tempfile::TempDir;
 
-/// A directory with a config, a database and a plugins directory.
+use crate::support::TestDb;
+
+/// A directory with a config, a database and a plugins directory. The
+/// database is `jobbox.db` in the directory, or, in the postgres pass, a
+/// PostgreSQL database of its own (the config's `[store] url`).
 pub struct Env {
     pub dir: TempDir,
     plugins: TempDir,
+    pub db: TestDb,
 }
 
 impl Env {
@@ -36,12 +42,14 @@ impl Env {
     fn listening_on(listen: &str, kinds: &[&str], extra: &str) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let plugins = jobbox_tests::plugin_dir_with(kinds);
+        let db = TestDb::new(dir.path());
         let config = format!(
-            "[store]\npath = \"jobbox.db\"\n\n[api]\nlisten = \"{listen}\"\n\n[host]\nplugins_dir = {:?}\npoll_interval = \"20ms\"\n{extra}",
+            "[store]\n{}\n[api]\nlisten = \"{listen}\"\n\n[host]\nplugins_dir = {:?}\npoll_interval = \"20ms\"\n{extra}",
+            db.toml(),
             plugins.path()
         );
         std::fs::write(dir.path().join("jobbox.toml"), config).unwrap();
-        Env { dir, plugins }
+        Env { dir, plugins, db }
     }
 
     /// The host's plugins directory.
@@ -133,8 +141,14 @@ impl Env {
         Process { child, log }
     }
 
-    pub fn store(&self) -> SqliteStore {
-        SqliteStore::open(&SqliteOptions::new(self.dir.path().join("jobbox.db"))).unwrap()
+    /// A store on the database the binary uses.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.db.open().store
+    }
+
+    /// `--db` for the database the binary uses (the config names it too).
+    pub fn db_arg(&self) -> String {
+        self.db.arg()
     }
 }
 

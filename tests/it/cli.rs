@@ -3,7 +3,6 @@
 use std::time::{Duration, Instant};
 
 use jobbox::job::{AttemptOutcome, JobState};
-use jobbox::store::Store;
 use serde_json::{Value, json};
 
 use crate::binary::{Env, signal, stderr_of, wait};
@@ -347,6 +346,11 @@ fn an_effect_after_the_deadline_never_lands() {
 
 #[test]
 fn bench_smoke_reports_sane_fields() {
+    if crate::support::skip_unless_sqlite(
+        "`jobbox bench` measures a SQLite store of its own, whatever the config names",
+    ) {
+        return;
+    }
     let env = Env::new(&["echo"], "");
     let out = env.ok(&["bench", "-n", "2000", "--concurrency", "16", "--json"]);
     let r: Value = serde_json::from_str(&out).unwrap();
@@ -380,6 +384,11 @@ fn bench_smoke_reports_sane_fields() {
 /// themselves come from the README's commands.)
 #[test]
 fn bench_measures_the_api() {
+    if crate::support::skip_unless_sqlite(
+        "`jobbox bench` measures a SQLite store of its own, whatever the config names",
+    ) {
+        return;
+    }
     let env = Env::new(&["echo"], "");
     let json = |args: &[&str]| -> Value {
         let mut all = vec!["bench", "--json"];
@@ -592,6 +601,10 @@ fn plugins_run_tests_a_plugin_in_isolation() {
         !env.dir.path().join("jobbox.db").exists(),
         "no database was touched"
     );
+    if let Some(db) = env.db.pg() {
+        let tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'";
+        assert_eq!(db.query_i64(tables).unwrap(), 0, "no database was touched");
+    }
 
     let out = run(r#"{"transfer_id":"t-9","account":"bob","amount_cents":2500,"from":"alice"}"#);
     assert!(!out.status.success());

@@ -1,5 +1,6 @@
-//! A store that fails on demand: the SQLite store, with switches that make
-//! chosen operations fail as a broken database would.
+//! A store that fails on demand: the test's store (SQLite or PostgreSQL),
+//! with switches that make chosen operations fail as a broken database
+//! would.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +20,7 @@ use jobbox::store::{
 };
 use jobbox::time::Timestamp;
 
-/// The SQLite store behind switches.
+/// The test's store behind switches.
 #[derive(Debug)]
 pub struct Faulty {
     inner: Arc<dyn Store>,

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobbox::job::{AttemptOutcome, AttemptRecord, Effects, Fenced, Finish, JobState, Transition};
-use jobbox::store::sqlite::{SqliteOptions, SqliteStore};
 use jobbox::store::{ClaimRequest, Store};
 use jobbox::time::{Clock, SystemClock};
 
@@ -77,7 +76,7 @@ async fn kv_writes_of_a_stale_attempt_never_appear_while_the_new_holders_do() {
 
     // Another host, whose clock is an hour ahead, sees the lease as expired:
     // it rescues the job, claims it and completes it with its own write.
-    let other = SqliteStore::open(&SqliteOptions::new(h.db_path())).unwrap();
+    let other = h.open_store();
     let later = SystemClock.now().plus(Duration::from_secs(3600));
     let expired = other.expired_leases(later, 10).await.unwrap();
     assert_eq!(expired.len(), 1);
@@ -149,7 +148,7 @@ async fn kv_writes_of_a_stale_attempt_never_appear_while_the_new_holders_do() {
     running.stop().await;
 
     assert_eq!(
-        kv(&other, "kv-stall", "owner").await.as_deref(),
+        kv(other.as_ref(), "kv-stall", "owner").await.as_deref(),
         Some("new")
     );
     crate::support::assert_taken_over(h.store.as_ref(), id, r#"{"by":"other"}"#).await;

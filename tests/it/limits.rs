@@ -7,8 +7,6 @@ use jobbox::job::{AttemptOutcome, ClaimedJob, JobState};
 use jobbox::sandbox::{Limits, Plugin, RunContext, RunError, Sandbox, SandboxConfig};
 use jobbox::time::Timestamp;
 
-use jobbox::store::Store;
-
 use crate::support::{Harness, job};
 
 fn sandbox() -> Sandbox {

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use jobbox::job::{AttemptOutcome, JobState};
-use jobbox::store::Store;
 
 use crate::support::{Harness, job};
 

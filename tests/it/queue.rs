@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobbox::job::{AttemptOutcome, ClaimedJob, Fenced, Finish, JobState, NewJob, Transition};
-use jobbox::store::sqlite::{SqliteOptions, SqliteStore};
 use jobbox::store::{Store, StoreError};
 use jobbox::time::{Clock, ManualClock, Timestamp};
 
@@ -162,8 +161,9 @@ async fn two_claimers_never_hold_the_same_job() {
             .await
             .unwrap();
     }
-    // Two stores on the same file: two writers, as two processes would be.
-    let other = Arc::new(SqliteStore::open(&SqliteOptions::new(h.db_path())).unwrap());
+    // Two stores on the same database: two writers, as two processes
+    // would be.
+    let other = h.open_store();
     let stores: [Arc<dyn Store>; 2] = [h.store(), other.clone()];
     let mut tasks = Vec::new();
     for (w, store) in stores.into_iter().enumerate() {

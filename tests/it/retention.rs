@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use jobbox::job::{Finish, JobState, NewEvent, NewJob};
 use jobbox::outbox::Delivery;
-use jobbox::store::Store;
 use jobbox::time::{ManualClock, Timestamp};
 
 use crate::support::{Harness, Running, job};

@@ -10,7 +10,6 @@ use jobbox::job::{
     AttemptOutcome, BreakerCount, ClaimedJob, Finish, JobFilter, JobId, JobRecord, JobState, NewJob,
 };
 use jobbox::policy::{BreakerState, PauseScope, RateLimit};
-use jobbox::store::sqlite::SqliteStore;
 use jobbox::store::{ClaimRequest, Claimed, Store};
 use jobbox::time::{Clock, ManualClock, Timestamp};
 
@@ -91,8 +90,9 @@ async fn the_breaker_opens_holds_across_a_restart_and_admits_one_probe() {
     let rec = h.job(waiting).await;
     assert_eq!((rec.state, rec.attempt), (JobState::Available, 0));
 
-    // Another store on the file (a restarted or second host) sees it open.
-    let other: Arc<dyn Store> = Arc::new(SqliteStore::open(&h.config.store).unwrap());
+    // Another store on the database (a restarted or second host) sees it
+    // open.
+    let other = h.open_store();
     assert_eq!(other.breakers().await.unwrap()[0].state, BreakerState::Open);
     let now = clock.now();
     assert!(claim(other.as_ref(), now, 10).await.jobs.is_empty());
@@ -188,7 +188,7 @@ async fn a_success_resets_the_streak_and_an_old_streak_starts_over() {
 async fn a_rate_limit_holds_across_two_hosts_sharing_the_database() {
     let h = Harness::new(&[], "");
     let a = h.store();
-    let b: Arc<dyn Store> = Arc::new(SqliteStore::open(&h.config.store).unwrap());
+    let b = h.open_store();
     let t0 = Timestamp(1_000_000);
     let jobs: Vec<NewJob> = (0..100).map(|_| job("limited", "{}")).collect();
     a.enqueue(jobs, t0).await.unwrap();
@@ -307,7 +307,7 @@ async fn paused_kinds_and_queues_wait_and_running_attempts_finish() {
     assert_eq!(h.job(queued).await.state, JobState::Available);
 
     // Pauses are rows: another store sees them, with their notes.
-    let other = SqliteStore::open(&h.config.store).unwrap();
+    let other = h.open_store();
     let pauses = other.pauses().await.unwrap();
     assert_eq!(pauses.len(), 2);
     assert_eq!(pauses[1].note, "longer");
@@ -360,7 +360,7 @@ fn max_overlap(jobs: &[JobRecord]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_concurrency_key_limits_running_jobs_across_two_hosts() {
     let h = Harness::new(&["sleepy"], "[host]\nconcurrency = 16\n");
-    let other: Arc<dyn Store> = Arc::new(SqliteStore::open(&h.config.store).unwrap());
+    let other = h.open_store();
     let a = h.start();
     let b = Running::start(Arc::new(
         Host::new(

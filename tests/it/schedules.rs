@@ -11,7 +11,6 @@ use jobbox::executor::Host;
 use jobbox::job::{Finish, JobFilter, JobRecord, JobState};
 use jobbox::schedule::{ScheduleRecord, parse_file};
 use jobbox::store::Store;
-use jobbox::store::sqlite::SqliteStore;
 use jobbox::time::{Clock, ManualClock, Timestamp};
 use serde_json::Value;
 
@@ -141,8 +140,8 @@ async fn applying_twice_changes_nothing_and_a_new_cadence_leaves_no_stale_fire()
 #[tokio::test]
 async fn two_schedulers_make_each_fire_exactly_once() {
     let h = Harness::new(&[], "");
-    // A second store on the same file: another process.
-    let other: Arc<dyn Store> = Arc::new(SqliteStore::open(&h.config.store).unwrap());
+    // A second store on the same database: another process.
+    let other = h.open_store();
     let clock = ManualClock::new(ts("2026-11-25T10:00:00.500Z"));
     let a = h.host_with_clock(Arc::new(clock.clone()));
     let b = Arc::new(
@@ -587,8 +586,12 @@ fn two_hosts_and_kill_9_neither_double_nor_lose_a_fire() {
         .enable_all()
         .build()
         .unwrap();
-    let (jobs, rec) =
-        rt.block_on(async { (jobs_of(&store, "beat").await, record(&store, "beat").await) });
+    let (jobs, rec) = rt.block_on(async {
+        (
+            jobs_of(&*store, "beat").await,
+            record(&*store, "beat").await,
+        )
+    });
     let nominal: Vec<i64> = jobs
         .iter()
         .map(|j| ts(j.idempotency_key.trim_start_matches("schedule:beat:")).0)

@@ -197,7 +197,10 @@ impl Drop for Database {
     fn drop(&mut self) {
         let result = off_runtime(|| -> Result<(), String> {
             connect(&self.server)?
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ))
                 .map_err(|e| e.to_string())
         });
         if let Err(e) = result {
@@ -222,6 +225,9 @@ mod tests {
             "postgresql://u:p@h/t2?sslmode=disable"
         );
         assert_eq!(with_database("postgres://h:1", "t3"), "postgres://h:1/t3");
-        assert_eq!(with_database("postgres://h?x=y", "t4"), "postgres://h/t4?x=y");
+        assert_eq!(
+            with_database("postgres://h?x=y", "t4"),
+            "postgres://h/t4?x=y"
+        );
     }
 }

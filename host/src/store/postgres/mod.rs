@@ -161,11 +161,6 @@ impl From<postgres::Error> for StoreError {
     }
 }
 
-/// Whether `e` is PostgreSQL's unique violation (SQLSTATE 23505).
-pub(super) fn is_unique_violation(e: &postgres::Error) -> bool {
-    e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
-}
-
 /// Opens a connection, with a start-up error that names the server.
 fn connect(opts: &PgOptions) -> Result<Client, StoreError> {
     let mut config: postgres::Config = opts.url.parse().map_err(|e| {

@@ -707,9 +707,8 @@ fn store_options(raw: RawStore, base: &Path) -> anyhow::Result<StoreOptions> {
                 bail!("store.{name}: only applies to PostgreSQL (set store.url)");
             }
         }
-        let mut o = SqliteOptions::new(
-            base.join(raw.path.as_deref().unwrap_or(Path::new("jobbox.db"))),
-        );
+        let mut o =
+            SqliteOptions::new(base.join(raw.path.as_deref().unwrap_or(Path::new("jobbox.db"))));
         if let Some(s) = &raw.synchronous {
             o.synchronous = s
                 .parse::<Synchronous>()
@@ -730,10 +729,16 @@ fn store_options(raw: RawStore, base: &Path) -> anyhow::Result<StoreOptions> {
         }
     }
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        bail!("store.url: expected a postgres:// URL, got {:?}", crate::store::postgres::redact(&url));
+        bail!(
+            "store.url: expected a postgres:// URL, got {:?}",
+            crate::store::postgres::redact(&url)
+        );
     }
     if let Err(e) = url.parse::<postgres::Config>() {
-        bail!("store.url: invalid PostgreSQL URL {:?}: {e}", crate::store::postgres::redact(&url));
+        bail!(
+            "store.url: invalid PostgreSQL URL {:?}: {e}",
+            crate::store::postgres::redact(&url)
+        );
     }
     let mut o = PgOptions::new(url);
     if let Some(n) = raw.pool {

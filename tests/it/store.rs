@@ -60,7 +60,11 @@ async fn snapshot(store: &dyn Store) -> String {
             out.push_str(&format!("  recording {}: {rec:?}\n", a.attempt));
         }
     }
-    for (k, v) in store.kv_list("ledger".into(), String::new(), 100).await.unwrap() {
+    for (k, v) in store
+        .kv_list("ledger".into(), String::new(), 100)
+        .await
+        .unwrap()
+    {
         out.push_str(&format!("kv {k} {v:?}\n"));
     }
     for e in store.list_events(None, 100).await.unwrap() {
@@ -83,7 +87,9 @@ async fn fill(store: &dyn Store) {
     let now = SystemClock.now();
     store
         .enqueue(
-            (0..5).map(|i| job("echo", &format!("{{\"n\":{i}}}"))).collect(),
+            (0..5)
+                .map(|i| job("echo", &format!("{{\"n\":{i}}}")))
+                .collect(),
             now,
         )
         .await
@@ -183,7 +189,10 @@ async fn store_copy_moves_everything_to_postgres_and_back() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("jobs") && stdout.contains("copied"), "{stdout}");
+    assert!(
+        stdout.contains("jobs") && stdout.contains("copied"),
+        "{stdout}"
+    );
 
     let target = open(&postgres);
     assert_eq!(snapshot(target.as_ref()).await, before);
@@ -206,7 +215,10 @@ async fn store_copy_moves_everything_to_postgres_and_back() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("not empty") && stderr.contains("--replace"), "{stderr}");
+    assert!(
+        stderr.contains("not empty") && stderr.contains("--replace"),
+        "{stderr}"
+    );
     assert_eq!(db.query_i64("SELECT count(*) FROM jobs").unwrap(), 6);
 
     // With --replace the target becomes the source again.
@@ -235,9 +247,16 @@ async fn migrate_reports_the_schema_and_a_bad_url_is_one_line() {
             .unwrap()
     };
     let out = run(&["--db", db.url(), "migrate"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("migrated from schema version 0"), "{stdout}");
+    assert!(
+        stdout.contains("migrated from schema version 0"),
+        "{stdout}"
+    );
     let out = run(&["--db", db.url(), "migrate"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
 

@@ -118,9 +118,9 @@ pub struct BenchArgs {
     /// Host processes per round of `--store`, e.g. 1,2,4.
     #[arg(long, default_value = "1,2,4", requires = "store")]
     pub hosts: String,
-    /// In each `--store` round of two or more hosts, kill one with SIGKILL
-    /// a third of the way, and check that its jobs are rescued and none
-    /// completes twice.
+    /// After the `--store` rounds, one more on the most hosts (at least
+    /// two) in which one is killed with SIGKILL a third of the way: its
+    /// jobs must be rescued after the lease, none completed twice.
     #[arg(long, requires = "store")]
     pub kill: bool,
     /// Print the results as JSON.

@@ -20,9 +20,9 @@ mod jobs;
 mod outbox;
 mod plugins;
 mod queues;
-mod store;
 mod remote;
 mod schedules;
+mod store;
 mod testing;
 
 use std::future::Future;

@@ -18,9 +18,9 @@ use anyhow::{anyhow, bail};
 use postgres::types::{ToSql, Type};
 use rusqlite::OptionalExtension;
 
+use super::StoreOptions;
 use super::postgres::PgOptions;
 use super::sqlite::SqliteOptions;
-use super::StoreOptions;
 
 type Result<T> = anyhow::Result<T>;
 
@@ -126,11 +126,9 @@ fn refuse_non_empty(table: &str, rows: i64) -> anyhow::Error {
 }
 
 fn read_sqlite(o: &SqliteOptions) -> Result<Vec<Table>> {
-    let mut conn = rusqlite::Connection::open_with_flags(
-        &o.path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .map_err(|e| anyhow!("opening {}: {e}", o.path.display()))?;
+    let mut conn =
+        rusqlite::Connection::open_with_flags(&o.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| anyhow!("opening {}: {e}", o.path.display()))?;
     conn.busy_timeout(o.busy_timeout)?;
     // One read transaction: every table from the same snapshot.
     let tx = conn.transaction()?;
@@ -230,7 +228,11 @@ fn read_postgres(o: &PgOptions) -> Result<Vec<Table>> {
     let mut out = Vec::with_capacity(TABLES.len());
     for table in TABLES {
         let stmt = tx.prepare(&format!("SELECT * FROM {table}"))?;
-        let columns: Vec<String> = stmt.columns().iter().map(|c| c.name().to_string()).collect();
+        let columns: Vec<String> = stmt
+            .columns()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect();
         let types: Vec<Type> = stmt.columns().iter().map(|c| c.type_().clone()).collect();
         let rows = tx
             .query(&stmt, &[])?

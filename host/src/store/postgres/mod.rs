@@ -1,12 +1,14 @@
 //! The shared store: one PostgreSQL database, many hosts.
 //!
-//! Built like the SQLite store, so that the two behave alike: one writer
-//! thread per store owns a connection and applies whatever commands have
-//! queued up in one transaction (each in its own savepoint, so one
-//! command's error undoes only that command), commits, and only then
-//! answers each caller. Under load many fenced write-backs share one
-//! commit (and one WAL flush with `synchronous_commit = on`). Reads use a
-//! small set of connections of their own.
+//! Built like the SQLite store, so that the two behave alike: a writer
+//! thread owns a connection and applies whatever commands have queued up
+//! in one transaction (each in its own savepoint, so one command's error
+//! undoes only that command), commits, and only then answers each caller.
+//! Under load many fenced write-backs share one commit (and one WAL flush
+//! with `synchronous_commit = on`). A store has [`WRITERS`] of them, each
+//! given the next group when it is free, so that one group's commit does
+//! not hold up the next. Reads use a small set of connections of their
+//! own.
 //!
 //! Many hosts share the database. What keeps them apart is in the SQL:
 //! claims take rows with `FOR UPDATE SKIP LOCKED`, every write-back is
@@ -15,7 +17,9 @@
 //! transaction-level advisory lock.
 //!
 //! Wake-ups: every write transaction that may have made work for someone
-//! else ends with `pg_notify('jobbox', <this store's id>)`. A listener
+//! else is followed, once committed, by `pg_notify('jobbox', <this store's
+//! id>)` (in a small transaction of its own: see [`Writer::group`]). A
+//! listener
 //! thread on a connection of its own counts the notifications of *other*
 //! stores: that count is [`Store::outside_version`], and its changes wake
 //! idle loops at once ([`Store::outside_changes`]). While the listener is
@@ -68,6 +72,14 @@ pub const CLOCK_RESYNC: Duration = Duration::from_secs(30);
 
 /// The most commands one write transaction takes.
 const MAX_GROUP: usize = 512;
+
+/// Write connections per store, each applying one group at a time: while
+/// one group waits for its statements and its commit's WAL flush, the
+/// next can be applied on another connection, so that a claim need not
+/// queue behind a whole group of write-backs. (Each group is a
+/// transaction of its own, fenced like another host's: nothing relies on
+/// one writer.)
+const WRITERS: usize = 2;
 
 /// Settings for [`PgStore::open`] (`[store] url`, `url_env`, `pool`,
 /// `connect_timeout`).
@@ -178,7 +190,10 @@ fn connect(opts: &PgOptions) -> Result<Client, StoreError> {
     // A dead peer on an idle connection is noticed by TCP keepalives.
     config.keepalives(true);
     config.keepalives_idle(Duration::from_secs(30));
-    let timeout = config.get_connect_timeout().copied().unwrap_or(opts.connect_timeout);
+    let timeout = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(opts.connect_timeout);
     let target = describe(&config);
     // The client's own timeout covers the TCP connect only: a server (or a
     // proxy) that accepts and then never answers would hang start-up. So
@@ -394,15 +409,20 @@ impl PgStore {
 
         let mut threads = Vec::new();
         let (tx, rx) = mpsc::channel();
-        let writer = Writer {
-            conn: Some(Conn::new(client)),
-            opts: opts.clone(),
-            instance: instance.clone(),
-        };
+        // The first writer keeps the connection that migrated; the others
+        // connect when first given a group.
+        let mut conn = Some(Conn::new(client));
+        let writers = (0..WRITERS)
+            .map(|_| Writer {
+                conn: conn.take(),
+                opts: opts.clone(),
+                instance: instance.clone(),
+            })
+            .collect();
         threads.push(
             std::thread::Builder::new()
-                .name("jobbox-pg-writer".into())
-                .spawn(move || writer.run(rx))
+                .name("jobbox-pg-groups".into())
+                .spawn(move || dispatch(writers, rx))
                 .map_err(|e| StoreError::Backend(format!("spawning writer thread: {e}")))?,
         );
         let listener = Listener {
@@ -913,43 +933,88 @@ struct Writer {
     instance: String,
 }
 
-impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Command>) {
-        let mut closing = None;
-        while closing.is_none() {
-            let Ok(first) = rx.recv() else { break };
-            let mut group = Group::default();
-            let mut next = Some(first);
-            while let Some(cmd) = next.take() {
-                match cmd {
-                    Command::Write { op, notify } => {
-                        group.writes.push(op);
-                        group.notify |= notify;
-                    }
-                    Command::Claim(c) => group.claims.push(*c),
-                    Command::Finish(f) => {
-                        group.finishes.push(*f);
-                        group.notify = true;
-                    }
-                    Command::Close(done) => {
-                        closing = Some(done);
+/// Groups the queued commands and hands each group to an idle writer, on
+/// a thread of its own: a group is formed when a writer is free to apply
+/// it, so that what queued meanwhile joins it. The first idle writer is
+/// preferred, so under a light load one connection does it all (the others
+/// connect only when first needed). On `Close`, the writers finish their
+/// groups before it is answered.
+fn dispatch(writers: Vec<Writer>, rx: mpsc::Receiver<Command>) {
+    let (idle_tx, idle_rx) = mpsc::channel::<usize>();
+    let mut lanes = Vec::with_capacity(writers.len());
+    for (i, mut writer) in writers.into_iter().enumerate() {
+        let (tx, groups) = mpsc::channel::<Group>();
+        let idle = idle_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("jobbox-pg-write{i}"))
+            .spawn(move || {
+                while let Ok(group) = groups.recv() {
+                    writer.group(group);
+                    if idle.send(i).is_err() {
                         break;
                     }
                 }
-                if group.len() < MAX_GROUP {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if group.len() > 0 {
-                self.group(group);
-            }
-        }
-        drop(self.conn.take());
-        if let Some(done) = closing {
-            let _ = done.send(());
+                drop(writer.conn.take());
+            });
+        match spawned {
+            Ok(handle) => lanes.push((tx, handle)),
+            Err(e) => tracing::error!("spawning PostgreSQL writer thread {i}: {e}"),
         }
     }
+    let mut idle = vec![true; lanes.len()];
+    let mut closing = None;
+    while closing.is_none() && !lanes.is_empty() {
+        let Ok(first) = rx.recv() else { break };
+        // A writer to apply it: the first idle one, waiting if none is.
+        while let Ok(i) = idle_rx.try_recv() {
+            idle[i] = true;
+        }
+        let lane = match idle.iter().position(|free| *free) {
+            Some(i) => i,
+            None => match idle_rx.recv() {
+                Ok(i) => i,
+                Err(_) => break,
+            },
+        };
+        idle[lane] = false;
+        let mut group = Group::default();
+        let mut next = Some(first);
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Command::Write { op, notify } => {
+                    group.writes.push(op);
+                    group.notify |= notify;
+                }
+                Command::Claim(c) => group.claims.push(*c),
+                Command::Finish(f) => {
+                    group.finishes.push(*f);
+                    group.notify = true;
+                }
+                Command::Close(done) => {
+                    closing = Some(done);
+                    break;
+                }
+            }
+            if group.len() < MAX_GROUP {
+                next = rx.try_recv().ok();
+            }
+        }
+        if group.len() == 0 {
+            idle[lane] = true;
+        } else if let Err(mpsc::SendError(group)) = lanes[lane].0.send(group) {
+            group.fail(&StoreError::Closed);
+        }
+    }
+    for (tx, handle) in lanes {
+        drop(tx);
+        let _ = handle.join();
+    }
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+}
 
+impl Writer {
     /// The writer's connection, reconnecting if it broke.
     fn conn(&mut self) -> Result<&mut Conn, StoreError> {
         if self.conn.as_ref().is_none_or(Conn::is_closed) {
@@ -974,11 +1039,19 @@ impl Writer {
     /// advisory locks never close a cycle of waits between hosts. An error
     /// outside the savepoints (the breakers, the connection) rolls the
     /// whole group back and answers every command with it.
+    ///
+    /// The claims run with generic plans (`plan_cache_mode`, set for them
+    /// alone): the planner's cost for a generic plan of [`write::claim`]'s
+    /// statement with its `LIMIT $n` always looks worse than a custom one,
+    /// so under `auto` it would be planned again on every claim.
     fn group(&mut self, g: Group) {
         let kv_keys = write::kv_lock_keys(g.finishes.iter().map(|f| &f.finish));
         let mut begin = String::from("BEGIN;");
         for k in &kv_keys {
             begin.push_str(&format!(" SELECT pg_advisory_xact_lock({k});"));
+        }
+        if !g.claims.is_empty() {
+            begin.push_str(" SET LOCAL plan_cache_mode = force_generic_plan;");
         }
         begin.push_str(" SAVEPOINT cmd");
         let begun = self
@@ -1016,16 +1089,12 @@ impl Writer {
         let mut writes = writes.into_iter();
         let fate = match group.apply(conn, &reqs, &mut writes, &items) {
             Ok(()) => {
-                let commit = if notify {
-                    let sql = format!(
-                        "RELEASE cmd; SELECT pg_notify('{CHANNEL}', '{}'); COMMIT",
-                        self.instance
-                    );
-                    conn.client.batch_execute(&sql)
-                } else {
-                    conn.client.batch_execute("RELEASE cmd; COMMIT")
-                };
-                let fate = commit.err().map(StoreError::from);
+                // COMMIT ends an open savepoint too.
+                let fate = conn
+                    .client
+                    .batch_execute("COMMIT")
+                    .err()
+                    .map(StoreError::from);
                 if fate.is_some() {
                     let _ = conn.client.batch_execute("ROLLBACK");
                 }
@@ -1050,6 +1119,23 @@ impl Writer {
         }
         for (tx, r) in finish_replies.into_iter().zip(group.finished) {
             let _ = tx.send(answer(&fate, r));
+        }
+        // The notification, once the callers have their answers, in a
+        // transaction of its own: a transaction that notifies holds a
+        // database-wide lock through its commit (WAL flush included), which
+        // would make every host's group commits take turns. A notification
+        // is not data (it only comes after the commit it announces, and a
+        // lost one costs a poll), so it need not wait for a flush.
+        if notify && fate.is_none() {
+            let sql = format!(
+                "BEGIN; SET LOCAL synchronous_commit = off; \
+                 SELECT pg_notify('{CHANNEL}', '{}'); COMMIT",
+                self.instance
+            );
+            if let Err(e) = conn.client.batch_execute(&sql) {
+                tracing::debug!("notifying other stores failed: {e}");
+                let _ = conn.client.batch_execute("ROLLBACK");
+            }
         }
     }
 }
@@ -1082,23 +1168,6 @@ impl GroupRun {
         writes: &mut std::vec::IntoIter<WriteOp>,
         items: &[(Finish, i64)],
     ) -> Result<(), StoreError> {
-        // Claims, each knowing the probes the ones before admitted.
-        let mut probes: Vec<(usize, write::Probe)> = Vec::new();
-        for (i, req) in reqs.iter().enumerate() {
-            let probing: HashSet<String> = probes.iter().map(|(_, p)| p.kind.clone()).collect();
-            let r = write::claim(conn, req, &probing);
-            next_savepoint(conn, r.is_err())?;
-            self.claimed[i] = r.map(|(claimed, admitted)| {
-                probes.extend(admitted.into_iter().map(|p| (i, p)));
-                claimed
-            });
-        }
-        for op in writes.by_ref() {
-            let (failed, reply) = op(Ok(conn));
-            self.replies.push(reply);
-            next_savepoint(conn, failed)?;
-        }
-
         // Write-backs: the simple ones in one statement, unless two of
         // the group's name one job (the later one is then fenced out, as
         // if one by one).
@@ -1108,19 +1177,47 @@ impl GroupRun {
         }
         let (mut simple, mut one_by_one): (Vec<usize>, Vec<usize>) = (0..items.len())
             .partition(|&i| write::is_simple(&items[i].0) && per_job[&items[i].0.fence.id] == 1);
-        if !simple.is_empty() {
+        let batched = !simple.is_empty();
+        let mut more = reqs.len() + writes.len() + usize::from(batched) + one_by_one.len();
+
+        // Claims, each knowing the probes the ones before admitted; then
+        // plans as usual again.
+        let mut probes: Vec<(usize, write::Probe)> = Vec::new();
+        for (i, req) in reqs.iter().enumerate() {
+            let probing: HashSet<String> = probes.iter().map(|(_, p)| p.kind.clone()).collect();
+            let r = write::claim(conn, req, &probing);
+            more -= 1;
+            let reset = i + 1 == reqs.len();
+            next_savepoint(conn, r.is_err(), more > 0, reset)?;
+            self.claimed[i] = r.map(|(claimed, admitted)| {
+                probes.extend(admitted.into_iter().map(|p| (i, p)));
+                claimed
+            });
+        }
+        for op in writes.by_ref() {
+            let (failed, reply) = op(Ok(conn));
+            self.replies.push(reply);
+            more -= 1;
+            next_savepoint(conn, failed, more > 0, false)?;
+        }
+
+        let mut known = HashMap::new();
+        if batched {
             let batch: Vec<write::FinishItem<'_>> =
                 simple.iter().map(|&i| (&items[i].0, items[i].1)).collect();
             let r = write::finish_batch(conn, &batch);
-            next_savepoint(conn, r.is_err())?;
+            more -= 1;
+            next_savepoint(conn, r.is_err(), more > 0 || r.is_err(), false)?;
             match r {
-                Ok(outcomes) => {
-                    for (&i, o) in simple.iter().zip(outcomes) {
+                Ok(done) => {
+                    for (&i, o) in simple.iter().zip(done.outcomes) {
                         self.finished[i] = Ok(o);
                     }
+                    known = done.breakers;
                 }
                 Err(e) => {
                     tracing::debug!("batched write-backs failed ({e}); applying them one by one");
+                    more += simple.len();
                     one_by_one.append(&mut simple);
                     one_by_one.sort_unstable();
                 }
@@ -1129,7 +1226,8 @@ impl GroupRun {
         for i in one_by_one {
             let (f, bound) = &items[i];
             let r = write::finish_one(conn, f, *bound);
-            next_savepoint(conn, r.is_err())?;
+            more -= 1;
+            next_savepoint(conn, r.is_err(), more > 0, false)?;
             self.finished[i] = r;
         }
 
@@ -1151,7 +1249,7 @@ impl GroupRun {
             }
         }
         let admitted: Vec<write::Probe> = probes.iter().map(|(_, p)| p.clone()).collect();
-        let steps = write::apply_breakers(conn, &admitted, &tasks)?;
+        let steps = write::apply_breakers(conn, &admitted, &tasks, &known)?;
         for ((claim, p), probed) in probes.iter().zip(steps.probed) {
             if !probed && let Ok(c) = &mut self.claimed[*claim] {
                 c.half_opened.retain(|k| *k != p.kind);
@@ -1166,13 +1264,26 @@ impl GroupRun {
     }
 }
 
-/// Ends the current command's savepoint (undoing it if it `failed`) and
-/// opens the next one, in one round trip.
-fn next_savepoint(conn: &mut Conn, failed: bool) -> Result<(), StoreError> {
-    let sql = if failed {
-        "ROLLBACK TO cmd; RELEASE cmd; SAVEPOINT cmd"
-    } else {
-        "RELEASE cmd; SAVEPOINT cmd"
+/// Ends the current command's savepoint (undoing it if it `failed`) and,
+/// if `more` commands follow, opens the next one, in one round trip; with
+/// `reset_plans`, the claims are over (see [`Writer::group`]). After the
+/// last command, a savepoint that holds its changes is left open: the
+/// commit ends it, and the round trip is saved.
+fn next_savepoint(
+    conn: &mut Conn,
+    failed: bool,
+    more: bool,
+    reset_plans: bool,
+) -> Result<(), StoreError> {
+    let sql = match (failed, more, reset_plans) {
+        (false, false, _) => return Ok(()),
+        (true, false, _) => "ROLLBACK TO cmd; RELEASE cmd",
+        (false, true, false) => "RELEASE cmd; SAVEPOINT cmd",
+        (true, true, false) => "ROLLBACK TO cmd; RELEASE cmd; SAVEPOINT cmd",
+        (false, true, true) => "RELEASE cmd; SET LOCAL plan_cache_mode = DEFAULT; SAVEPOINT cmd",
+        (true, true, true) => {
+            "ROLLBACK TO cmd; RELEASE cmd; SET LOCAL plan_cache_mode = DEFAULT; SAVEPOINT cmd"
+        }
     };
     Ok(conn.client.batch_execute(sql)?)
 }

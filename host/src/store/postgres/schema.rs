@@ -192,7 +192,8 @@ pub fn migrate(client: &mut Client) -> Result<(), StoreError> {
         let mut tx = client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
         tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS jobbox_schema (
+            "SET LOCAL client_min_messages = warning;
+             CREATE TABLE IF NOT EXISTS jobbox_schema (
                  one     BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
                  version INTEGER NOT NULL
              );

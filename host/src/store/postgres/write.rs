@@ -1281,7 +1281,10 @@ macro_rules! claimed_columns {
 /// and with few distinct kinds it takes `<>` to match almost nothing and
 /// sorts the whole queue instead of reading `jobs_claim` in order. A CASE
 /// is estimated to keep half the rows. The rows chosen are updated by id
-/// (`= ANY`), so that every plan reads them through the primary key.
+/// (`= ANY`), so that every plan reads them through the primary key; their
+/// state was checked under the lock that `chosen` holds on them, and is
+/// not checked again: a second `state IN (...)` lets a plan without
+/// statistics read all of `jobs_claim` to intersect it with the ids.
 const CLAIM: &str = concat!(
     "
     WITH guard AS MATERIALIZED (
@@ -1310,7 +1313,6 @@ const CLAIM: &str = concat!(
             lease_expires_at = $2,
             leased_by = $3
         WHERE j.id = ANY (ARRAY(SELECT id FROM chosen))
-          AND j.state IN ('available', 'retryable')
           AND NOT (SELECT keyed FROM keyed)
         RETURNING ",
     claimed_columns!("j."),
@@ -1341,7 +1343,10 @@ const CLAIM_CANDIDATES: &str = "
     LIMIT $8";
 
 /// The guarded claim itself: the admitted candidates ($4) → running, those
-/// another transaction holds skipped. $1 now, $2 lease expiry, $3 worker.
+/// another transaction holds skipped (their state is checked under the
+/// lock, as in [`CLAIM`]; as a CASE, which no plan can answer from
+/// `jobs_claim`, so that the ids are found through the primary key alone).
+/// $1 now, $2 lease expiry, $3 worker.
 const CLAIM_IDS: &str = concat!(
     "
     UPDATE jobs
@@ -1353,9 +1358,9 @@ const CLAIM_IDS: &str = concat!(
         leased_by = $3
     WHERE id = ANY (ARRAY(SELECT id FROM jobs
                           WHERE id = ANY($4::bigint[])
-                            AND state IN ('available', 'retryable')
+                            AND CASE WHEN state IN ('available', 'retryable')
+                                     THEN TRUE ELSE FALSE END
                           FOR UPDATE SKIP LOCKED))
-      AND state IN ('available', 'retryable')
     RETURNING ",
     claimed_columns!("")
 );
@@ -2081,6 +2086,98 @@ mod tests {
                  GROUP BY concurrency_key) r"
             ),
             2
+        );
+        let _ = fx.run(other.close());
+    }
+
+    /// Two hosts' claim and finish cycles on keyed jobs: what is running of
+    /// a key, as committed, never exceeds its limit, watched throughout
+    /// from a connection of its own.
+    #[test]
+    fn running_jobs_of_a_key_never_exceed_its_limit_across_two_hosts() {
+        let Some(fx) = Fixture::new() else { return };
+        let other = fx.other();
+        let mut jobs = Vec::new();
+        for i in 0..12 {
+            let keyed = |key: &str, limit| {
+                let mut j = job("echo", &format!("{{\"i\":{i}}}"));
+                j.concurrency_key = Some(key.into());
+                j.concurrency_limit = Some(limit);
+                j
+            };
+            jobs.push(keyed("one", 1));
+            jobs.push(keyed("two", 2));
+            jobs.push(job("echo", &format!("{{\"free\":{i}}}")));
+        }
+        fx.enqueue(jobs);
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let url = fx.db.url().to_owned();
+        let watching = Arc::clone(&done);
+        let watcher = std::thread::spawn(move || {
+            let mut c = pg::connect(&url).unwrap();
+            let mut worst = 0i64;
+            let mut looks = 0;
+            while !watching.load(std::sync::atomic::Ordering::Relaxed) {
+                let over: i64 = c
+                    .query_one(
+                        "SELECT COALESCE(MAX(n - lim), -99) FROM (
+                             SELECT count(*) AS n, MAX(concurrency_limit) AS lim
+                             FROM jobs WHERE state = 'running'
+                               AND concurrency_key IS NOT NULL
+                             GROUP BY concurrency_key) r",
+                        &[],
+                    )
+                    .unwrap()
+                    .get(0);
+                worst = worst.max(over);
+                looks += 1;
+            }
+            (worst, looks)
+        });
+        let stores = [Arc::clone(&fx.store), Arc::clone(&other)];
+        fx.run(async {
+            let mut hosts = Vec::new();
+            for s in &stores {
+                let s = Arc::clone(s);
+                hosts.push(tokio::spawn(async move {
+                    let mut tasks = tokio::task::JoinSet::new();
+                    loop {
+                        let free = 16 - tasks.len() as u32;
+                        let now = crate::time::Clock::now(&crate::time::SystemClock);
+                        let claimed = s.claim(req(now, free)).await.unwrap();
+                        for j in claimed.jobs {
+                            let s = Arc::clone(&s);
+                            tasks.spawn(async move {
+                                tokio::time::sleep(Duration::from_millis(40)).await;
+                                let now = crate::time::Clock::now(&crate::time::SystemClock);
+                                s.finish(Finish::completed(&j, "{}".into(), now))
+                                    .await
+                                    .unwrap();
+                            });
+                        }
+                        if tasks.is_empty() {
+                            let left = s.claim(req(now, 0)).await.unwrap();
+                            assert!(left.jobs.is_empty());
+                            break;
+                        }
+                        tasks.join_next().await.unwrap().unwrap();
+                    }
+                    while let Some(r) = tasks.join_next().await {
+                        r.unwrap();
+                    }
+                }));
+            }
+            for h in hosts {
+                h.await.unwrap();
+            }
+        });
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (worst, looks) = watcher.join().unwrap();
+        assert!(looks > 10, "the watcher looked {looks} times");
+        assert!(worst <= 0, "a key ran {worst} over its limit");
+        assert_eq!(
+            fx.count("SELECT count(*) FROM jobs WHERE state = 'completed'"),
+            36
         );
         let _ = fx.run(other.close());
     }

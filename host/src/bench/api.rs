@@ -49,7 +49,7 @@ impl Served {
     /// Opens `config`'s store and serves the API; with `run`, the host's
     /// loops run too.
     async fn start(config: &Config, run: bool) -> anyhow::Result<Served> {
-        let store = Arc::new(SqliteStore::open(&sqlite_of(&config))?);
+        let store = Arc::new(SqliteStore::open(&sqlite_of(config))?);
         let host = host_on(config, &store)?;
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let api = ApiConfig {
@@ -229,7 +229,7 @@ pub async fn overhead(
 /// Drains `args.n` jobs; returns jobs/s and how many scrapes were made.
 async fn drain(config: &Config, args: &BenchArgs, api: bool) -> anyhow::Result<(f64, u64)> {
     let template = NewJob::new(&args.plugin, r#"{"hello":"world"}"#).map_err(anyhow::Error::msg)?;
-    let store = Arc::new(SqliteStore::open(&sqlite_of(&config))?);
+    let store = Arc::new(SqliteStore::open(&sqlite_of(config))?);
     fill_with(store.as_ref(), args.n, |_| template.clone()).await?;
     store.close().await?;
     let served = Served::start(config, false).await?;

@@ -730,7 +730,7 @@ async fn schedule_latency(
     if fires == 0 {
         bail!("--schedule must be at least 1");
     }
-    let store = Arc::new(SqliteStore::open(&sqlite_of(&config))?);
+    let store = Arc::new(SqliteStore::open(&sqlite_of(config))?);
     let text = format!(
         "[[schedules]]\nid = \"bench\"\nevery = \"1s\"\nkind = {:?}\npayload = {{ hello = \"world\" }}\n",
         args.plugin
@@ -1040,7 +1040,7 @@ async fn latency(
     args: &BenchArgs,
     payload: &str,
 ) -> anyhow::Result<LatencyReport> {
-    let store = Arc::new(SqliteStore::open(&sqlite_of(&config))?);
+    let store = Arc::new(SqliteStore::open(&sqlite_of(config))?);
     let host = host_on(config, &store)?;
     host.metrics().keep_samples();
     let runner = host.spawn();

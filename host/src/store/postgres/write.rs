@@ -1471,8 +1471,11 @@ macro_rules! moved_columns {
 /// back), $8 now (the attempt's end); the attempt's number $9, outcome
 /// $10, error $11, fuel $12, start $13, duration $14, component $15 and
 /// recording $16. Returns the jobs that moved, each with its kind's
-/// breaker (NULLs: none). (`j.id = ANY($1)` makes every plan find the jobs
-/// through the primary key, however many run.)
+/// breaker (NULLs: none). `j.id = ANY($1)` finds the jobs through the
+/// primary key, and the state is fenced with a CASE, which no plan can
+/// answer from `jobs_lease`: a plain `state = 'running'` lets plans read
+/// all of that index (every job that ran leaves a dead entry there until
+/// vacuumed) to intersect it with the ids.
 const FINISH_BATCH: &str = concat!(
     "
     WITH f AS MATERIALIZED (
@@ -1504,7 +1507,8 @@ const FINISH_BATCH: &str = concat!(
             leased_by = NULL
         FROM f
         WHERE j.id = ANY($1::bigint[])
-          AND j.id = f.id AND j.epoch = f.epoch AND j.state = 'running'
+          AND j.id = f.id AND j.epoch = f.epoch
+          AND CASE WHEN j.state = 'running' THEN TRUE ELSE FALSE END
           AND j.lease_expires_at <= f.bound
         RETURNING ",
     moved_columns!("j."),
@@ -1654,11 +1658,13 @@ const UPSERT_BREAKER: &str = "
 
 /// heartbeat: running → running with a later lease, for every fence in the
 /// arrays ($1 ids, $2 epochs) still running; returns those. $3 new expiry.
+/// (The state as a CASE for the reason given at [`FINISH_BATCH`].)
 const EXTEND_LEASES: &str = "
     UPDATE jobs j SET lease_expires_at = $3
     FROM unnest($1::bigint[], $2::bigint[]) AS f(id, epoch)
     WHERE j.id = ANY($1::bigint[])
-      AND j.id = f.id AND j.epoch = f.epoch AND j.state = 'running'
+      AND j.id = f.id AND j.epoch = f.epoch
+      AND CASE WHEN j.state = 'running' THEN TRUE ELSE FALSE END
     RETURNING j.id, j.epoch";
 
 /// The rescuer's scan. $1 now, $2 limit.

@@ -362,13 +362,11 @@ async fn a_concurrency_key_limits_running_jobs_across_two_hosts() {
     let h = Harness::new(&["sleepy"], "[host]\nconcurrency = 16\n");
     let other = h.open_store();
     let a = h.start();
+    // Both hosts read one clock, so that the attempts' times (from which
+    // the overlaps are measured) are on one time base: two clocks a
+    // millisecond apart would show overlaps that never happened.
     let b = Running::start(Arc::new(
-        Host::new(
-            h.config.clone(),
-            Arc::clone(&other),
-            Arc::new(jobbox::time::SystemClock),
-        )
-        .unwrap(),
+        Host::new(h.config.clone(), Arc::clone(&other), Arc::clone(&h.clock)).unwrap(),
     ));
     let keyed = |key: &str, limit: Option<u32>| NewJob {
         concurrency_key: Some(key.into()),

@@ -48,6 +48,11 @@ impl Host {
             fence: job.fence(),
         };
         let started = Instant::now();
+        // When the attempt began, as recorded on its row: now, not the
+        // claim's `now`, which was read before the claim waited its turn
+        // (on PostgreSQL, for other hosts' claims): an attempt never looks
+        // as if it began before the claim that let it run took effect.
+        let began = self.clock.now().max(job.attempted_at);
         let queue_wait = job.attempted_at.since(job.run_at);
         tracing::debug!(
             job_id = job.id, kind = %job.kind, attempt = job.attempt, epoch = job.epoch,
@@ -218,7 +223,7 @@ impl Host {
                 outcome,
                 error,
                 fuel_used: Some(report.fuel_used),
-                started_at: job.attempted_at,
+                started_at: began,
                 ended_at: now,
                 component_hash,
                 recording,

@@ -94,6 +94,20 @@ pub fn open(opts: &StoreOptions) -> Result<Opened, StoreError> {
     })
 }
 
+/// The smallest string greater than every string starting with `prefix`,
+/// or `None` if there is none (the empty prefix).
+pub(crate) fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 /// The boxed future every store method returns, so that `dyn Store` works.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 

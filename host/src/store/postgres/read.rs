@@ -249,7 +249,7 @@ pub(super) fn kv_list(
     prefix: &str,
     limit: u32,
 ) -> Result<Vec<(String, KvEntry)>> {
-    let upper = prefix_upper_bound(prefix);
+    let upper = crate::store::prefix_upper_bound(prefix);
     c.query(KV_LIST, &[&ns, &prefix, &upper, &i64::from(limit)])?
         .iter()
         .map(|r| {
@@ -262,20 +262,6 @@ pub(super) fn kv_list(
             ))
         })
         .collect()
-}
-
-/// The smallest string greater than every string starting with `prefix`,
-/// or `None` if there is none (the empty prefix).
-fn prefix_upper_bound(prefix: &str) -> Option<String> {
-    let mut chars: Vec<char> = prefix.chars().collect();
-    while let Some(last) = chars.pop() {
-        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
-        if let Some(next) = next {
-            chars.push(next);
-            return Some(chars.into_iter().collect());
-        }
-    }
-    None
 }
 
 pub(super) fn list_events(
@@ -495,7 +481,7 @@ fn column_name(r: &Row, i: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_upper_bound;
+    use crate::store::prefix_upper_bound;
 
     #[test]
     fn the_prefix_bound_is_the_next_string_after_every_match() {

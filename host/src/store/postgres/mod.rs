@@ -349,7 +349,7 @@ fn measure_offset(client: &mut Client) -> Result<i64, StoreError> {
     for _ in 0..5 {
         let before = SystemClock.now().0;
         let row = client.query_one(
-            "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+            "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
             &[],
         )?;
         let after = SystemClock.now().0;

@@ -35,6 +35,8 @@ mod ops;
 mod read;
 mod schedules;
 mod schema;
+#[cfg(test)]
+mod scratch;
 mod write;
 
 use std::collections::{HashMap, HashSet};

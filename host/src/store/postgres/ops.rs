@@ -532,79 +532,16 @@ mod tests {
 
     use std::time::Duration;
 
+    use postgres::Client;
     use postgres::types::ToSql;
-    use postgres::{Client, NoTls};
 
     use crate::job::{AttemptOutcome, Fenced, JobFilter, JobId, JobState, NewJob};
     use crate::outbox::{Delivery, EventState};
     use crate::policy::{BreakerState, PauseScope};
-    use crate::store::postgres::{PgOptions, PgStore};
+    use crate::store::postgres::PgStore;
+    use crate::store::postgres::scratch::{Scratch, rt};
     use crate::store::{CleanRequest, Store, StoreError};
     use crate::time::Timestamp;
-
-    /// A database of its own, dropped (with any connection left) at the end.
-    struct Scratch {
-        admin: Client,
-        name: String,
-        url: String,
-    }
-
-    impl Scratch {
-        fn new() -> Option<Scratch> {
-            let admin_url = std::env::var("JOBBOX_TEST_PG_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-            let mut config: postgres::Config = admin_url.parse().ok()?;
-            config.connect_timeout(Duration::from_secs(2));
-            let mut admin = match config.connect(NoTls) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("skipped: no PostgreSQL at {admin_url}: {e}");
-                    return None;
-                }
-            };
-            let name = format!(
-                "jobbox_ops_{}_{:08x}",
-                std::process::id(),
-                fastrand::u32(..)
-            );
-            admin
-                .batch_execute(&format!("CREATE DATABASE {name}"))
-                .unwrap();
-            let url = match admin_url.rfind('/') {
-                Some(i) if admin_url[..i].contains('@') => format!("{}/{name}", &admin_url[..i]),
-                _ => format!("{admin_url} dbname={name}"),
-            };
-            Some(Scratch { admin, name, url })
-        }
-
-        fn open(&self) -> PgStore {
-            PgStore::open(&PgOptions {
-                pool: 2,
-                listen: false,
-                ..PgOptions::new(self.url.clone())
-            })
-            .unwrap()
-        }
-
-        /// A connection of the test's own to the scratch database.
-        fn client(&self) -> Db {
-            Db(self
-                .url
-                .parse::<postgres::Config>()
-                .unwrap()
-                .connect(NoTls)
-                .unwrap())
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = self.admin.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
-    }
 
     /// A connection of the test's own. The blocking client cannot run on
     /// a runtime's thread, so each call runs on a thread of its own.
@@ -630,12 +567,9 @@ mod tests {
         }
     }
 
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
+    /// A connection of the test's own to the scratch database.
+    fn client(s: &Scratch) -> Db {
+        Db(Scratch::client(s))
     }
 
     fn job(kind: &str) -> NewJob {
@@ -667,10 +601,10 @@ mod tests {
 
     #[test]
     fn operator_actions_follow_the_state_machine_and_fence_the_worker() {
-        let Some(scratch) = Scratch::new() else {
+        let Some(scratch) = Scratch::new("ops") else {
             return;
         };
-        let mut db = scratch.client();
+        let mut db = client(&scratch);
         let store = scratch.open();
         rt().block_on(async {
             let mut one_shot = job("echo");
@@ -795,11 +729,11 @@ mod tests {
 
     #[test]
     fn the_relay_claims_each_event_once_and_fences_its_outcome() {
-        let Some(scratch) = Scratch::new() else {
+        let Some(scratch) = Scratch::new("ops") else {
             return;
         };
-        let mut db = scratch.client();
-        let mut other = scratch.client();
+        let mut db = client(&scratch);
+        let mut other = client(&scratch);
         let store = scratch.open();
         rt().block_on(async {
             for i in 1..=3 {
@@ -884,10 +818,10 @@ mod tests {
 
     #[test]
     fn kv_breakers_pauses_and_hosts_read_back_in_sqlite_order() {
-        let Some(scratch) = Scratch::new() else {
+        let Some(scratch) = Scratch::new("ops") else {
             return;
         };
-        let mut db = scratch.client();
+        let mut db = client(&scratch);
         let store = scratch.open();
         rt().block_on(async {
             for (key, value) in [
@@ -997,10 +931,10 @@ mod tests {
 
     #[test]
     fn the_cleaner_deletes_what_retention_allows_and_reports_its_sweep() {
-        let Some(scratch) = Scratch::new() else {
+        let Some(scratch) = Scratch::new("ops") else {
             return;
         };
-        let mut db = scratch.client();
+        let mut db = client(&scratch);
         let store = scratch.open();
         rt().block_on(async {
             // 1, 2 completed long ago; 3 discarded long ago; 4 running;

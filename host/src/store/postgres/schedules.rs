@@ -542,91 +542,19 @@ mod tests {
     //! skipped with a message when none is reachable.
 
     use std::sync::Arc;
-    use std::time::Duration;
 
-    use postgres::{Client, NoTls};
+    use postgres::Client;
 
     use crate::job::{JobId, NewJob};
     use crate::schedule::{
         ApplyReport, FireOutcome, Overlap, ScheduleFire, ScheduleRecord, ScheduleUpsert, fire_key,
         trigger_key,
     };
-    use crate::store::postgres::{PgOptions, PgStore};
+    use crate::store::postgres::scratch::{Scratch, rt};
     use crate::store::{Store, StoreError};
     use crate::time::Timestamp;
 
     const MIN: i64 = 60_000;
-
-    /// A database of its own, dropped (with any connection left) at the end.
-    struct Scratch {
-        admin: Client,
-        name: String,
-        url: String,
-    }
-
-    impl Scratch {
-        fn new() -> Option<Scratch> {
-            let admin_url = std::env::var("JOBBOX_TEST_PG_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-            let mut config: postgres::Config = admin_url.parse().ok()?;
-            config.connect_timeout(Duration::from_secs(2));
-            let mut admin = match config.connect(NoTls) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("skipped: no PostgreSQL at {admin_url}: {e}");
-                    return None;
-                }
-            };
-            let name = format!(
-                "jobbox_schedules_{}_{:08x}",
-                std::process::id(),
-                fastrand::u32(..)
-            );
-            admin
-                .batch_execute(&format!("CREATE DATABASE {name}"))
-                .unwrap();
-            let url = match admin_url.rfind('/') {
-                Some(i) if admin_url[..i].contains('@') => format!("{}/{name}", &admin_url[..i]),
-                _ => format!("{admin_url} dbname={name}"),
-            };
-            Some(Scratch { admin, name, url })
-        }
-
-        fn open(&self) -> PgStore {
-            PgStore::open(&PgOptions {
-                pool: 2,
-                listen: false,
-                ..PgOptions::new(self.url.clone())
-            })
-            .unwrap()
-        }
-
-        /// A connection of the test's own to the scratch database.
-        fn client(&self) -> Client {
-            self.url
-                .parse::<postgres::Config>()
-                .unwrap()
-                .connect(NoTls)
-                .unwrap()
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = self.admin.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
-    }
-
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    }
 
     fn upsert(id: &str, spec: &str, cadence: &str, next: i64) -> ScheduleUpsert {
         ScheduleUpsert {
@@ -683,7 +611,7 @@ mod tests {
 
     #[test]
     fn schedules_apply_fire_trigger_pause_and_resume_like_sqlite() {
-        let Some(scratch) = Scratch::new() else {
+        let Some(scratch) = Scratch::new("schedules") else {
             return;
         };
         let store = scratch.open();
@@ -963,7 +891,7 @@ mod tests {
 
     #[test]
     fn two_stores_racing_for_the_same_fire_make_one_job() {
-        let Some(scratch) = Scratch::new() else {
+        let Some(scratch) = Scratch::new("schedules") else {
             return;
         };
         let stores = [Arc::new(scratch.open()), Arc::new(scratch.open())];

@@ -356,6 +356,9 @@ fn api_config(raw: RawApi) -> anyhow::Result<ApiConfig> {
     if let Some(r) = raw.read_only {
         a.read_only = r;
     }
+    if let Some(d) = raw.dashboard {
+        a.dashboard = d;
+    }
     if let Some(m) = &raw.max_body {
         a.max_body = m.bytes("api.max_body")?;
         if a.max_body == 0 {
@@ -620,6 +623,7 @@ pub struct RawApi {
     pub token: Option<String>,
     pub token_env: Option<String>,
     pub read_only: Option<bool>,
+    pub dashboard: Option<bool>,
     pub max_body: Option<RawSize>,
     pub request_timeout: Option<String>,
     pub header_timeout: Option<String>,

@@ -90,6 +90,11 @@ pub struct HostRecord {
     pub ready: bool,
     /// Attempts it had in flight at its last heartbeat.
     pub in_flight: u64,
+    /// Its attempts per minute and plugin over the last hour, as JSON
+    /// ([`crate::metrics::Minutes`]); written every few heartbeats (`None`
+    /// keeps what was written last).
+    #[serde(skip)]
+    pub minutes: Option<String>,
 }
 
 /// How many iterations of each loop are kept.

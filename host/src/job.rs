@@ -458,6 +458,8 @@ pub struct AttemptRecord {
     /// What the attempt read from the world, for a replay (serialized by
     /// the executor; stored as given).
     pub recording: Option<Vec<u8>>,
+    /// The worker id of the host that ran it.
+    pub host: Option<String>,
 }
 
 /// Where a finished attempt moves its job.
@@ -544,6 +546,7 @@ impl Finish {
                 ended_at: now,
                 component_hash: None,
                 recording: None,
+                host: None,
             },
             transition: Transition::Complete { output },
             effects: Effects::default(),
@@ -610,6 +613,8 @@ pub struct ExpiredLease {
     pub attempt: u32,
     pub max_attempts: u32,
     pub attempted_at: Timestamp,
+    /// The host that held the lease.
+    pub leased_by: Option<String>,
 }
 
 /// A job as `jobs show` presents it.
@@ -661,6 +666,9 @@ pub struct AttemptRow {
     /// The size of its recorded inputs, if they were recorded (a replay
     /// needs them).
     pub recording_bytes: Option<u64>,
+    /// The worker id of the host that ran it (`null` for attempts recorded
+    /// before jobbox kept it).
+    pub host: Option<String>,
 }
 
 /// Filters for listing jobs (and for operators' bulk actions).
@@ -671,11 +679,66 @@ pub struct JobFilter {
     pub kind: Option<String>,
     pub queue: Option<String>,
     pub concurrency_key: Option<String>,
+    /// Text the payload or the error contains (ASCII case-insensitive).
+    pub text: Option<String>,
     /// Only jobs with a lower id (keyset pagination: the last id of the
     /// previous page).
     #[serde(skip)]
     pub before: Option<JobId>,
+    /// Only jobs with this id or a higher one (a scan window's floor).
+    #[serde(skip)]
+    pub from: Option<JobId>,
     pub limit: Option<u32>,
+}
+
+impl JobFilter {
+    /// `text` as a `LIKE` pattern that matches it anywhere, with `\` as
+    /// the escape character.
+    pub fn text_pattern(&self) -> Option<String> {
+        self.text.as_deref().map(|t| {
+            let mut p = String::with_capacity(t.len() + 2);
+            p.push('%');
+            for c in t.chars() {
+                if matches!(c, '%' | '_' | '\\') {
+                    p.push('\\');
+                }
+                p.push(c);
+            }
+            p.push('%');
+            p
+        })
+    }
+}
+
+/// An operator's action on many jobs at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobAction {
+    /// discarded, retryable or cancelled → available.
+    Retry,
+    /// available, retryable or running → cancelled.
+    Cancel,
+}
+
+impl JobAction {
+    /// The states the action moves a job from, as an SQL list.
+    pub fn from_states_sql(self) -> &'static str {
+        match self {
+            JobAction::Retry => "('discarded', 'retryable', 'cancelled')",
+            JobAction::Cancel => "('available', 'retryable', 'running')",
+        }
+    }
+}
+
+impl FromStr for JobAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<JobAction, String> {
+        match s {
+            "retry" => Ok(JobAction::Retry),
+            "cancel" => Ok(JobAction::Cancel),
+            _ => Err(format!("unknown action {s:?} (expected retry or cancel)")),
+        }
+    }
 }
 
 /// A change of a job's state, as the API's event stream tells it.

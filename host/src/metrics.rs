@@ -207,6 +207,8 @@ pub struct Metrics {
     pub instruments: Instruments,
     /// Recent attempts per plugin, for `jobbox stats` percentiles.
     pub window: Mutex<std::collections::HashMap<String, PluginWindow>>,
+    /// Attempts per minute and plugin, written with the heartbeat.
+    pub minutes: Mutex<crate::throughput::Minutes>,
 }
 
 /// The most recent attempts of one plugin (outcome, run time, queue wait),
@@ -273,6 +275,11 @@ impl Metrics {
             w.recent.pop_front();
         }
         w.recent.push_back((now, outcome, run, queue_wait));
+        drop(window);
+        self.minutes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(plugin, outcome, run, now);
     }
 
     /// Starts keeping an [`AttemptSample`] per attempt.

@@ -116,6 +116,7 @@ async fn kv_writes_of_a_stale_attempt_never_appear_while_the_new_holders_do() {
             ended_at: later,
             component_hash: None,
             recording: None,
+            host: None,
         },
         transition: Transition::Complete {
             output: r#"{"by":"other"}"#.into(),

@@ -186,6 +186,7 @@ async fn commit_events(h: &Harness, events: Vec<(&str, String)>) {
             ended_at: now,
             component_hash: None,
             recording: None,
+            host: None,
         },
         transition: Transition::Complete {
             output: "{}".into(),

@@ -122,6 +122,7 @@ async fn fill(store: &dyn Store) {
                 ended_at: now,
                 component_hash: Some("ab".repeat(32)),
                 recording: Some(vec![1, 2, 3, i as u8]),
+                host: Some("copied-host".to_owned()),
             },
             transition: if complete {
                 Transition::Complete {

@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiState};
-use crate::job::{JobFilter, JobId, JobRecord, JobState};
+use crate::job::{JobAction, JobFilter, JobId, JobRecord, JobState};
+use crate::store::JobEffects;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,6 +159,8 @@ pub struct ListQuery {
     kind: Option<String>,
     queue: Option<String>,
     concurrency_key: Option<String>,
+    /// Text the payload or error contains.
+    text: Option<String>,
     /// At most this many (default 100, at most 1000).
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
@@ -170,6 +173,48 @@ pub struct JobPage {
     jobs: Vec<JobRecord>,
     /// Pass as `cursor` for the next page; `null` on the last one.
     next_cursor: Option<String>,
+    /// Set when the answer stopped at its scan window rather than at
+    /// `limit`: the lowest job id examined. Older jobs may match too: ask
+    /// again with `next_cursor`.
+    searched_to: Option<JobId>,
+}
+
+/// How many job ids one listing examines when no index serves its filter
+/// (text, kind, queue, key, or a state other than discarded or
+/// cancelled), so that every page answers quickly on any database; the
+/// caller continues from `next_cursor`.
+const SCAN_WINDOW: i64 = 200_000;
+/// The same for a text search (a substring match costs more per row).
+const TEXT_SCAN_WINDOW: i64 = 50_000;
+
+/// The filter of a listing, count or bulk action, from its query or body.
+fn job_filter(
+    state: Option<&str>,
+    kind: Option<String>,
+    queue: Option<String>,
+    concurrency_key: Option<String>,
+    text: Option<String>,
+) -> Result<JobFilter, ApiError> {
+    let state = state
+        .map(str::parse::<JobState>)
+        .transpose()
+        .map_err(|e| ApiError::invalid(format!("state: {e}")))?;
+    if let Some(t) = &text {
+        if t.is_empty() {
+            return Err(ApiError::invalid("text: must not be empty"));
+        }
+        if t.len() > 200 {
+            return Err(ApiError::invalid("text: at most 200 bytes"));
+        }
+    }
+    Ok(JobFilter {
+        state,
+        kind,
+        queue,
+        concurrency_key,
+        text,
+        ..JobFilter::default()
+    })
 }
 
 /// `GET /api/jobs`.
@@ -181,36 +226,105 @@ pub async fn list(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit: must be between 1 and 1000"));
     }
-    let filter = JobFilter {
-        state: q
-            .state
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(|e: String| ApiError::invalid(format!("state: {e}")))?,
-        kind: q.kind,
-        queue: q.queue,
-        concurrency_key: q.concurrency_key,
-        before: q
-            .cursor
-            .as_deref()
-            .map(|c| {
-                c.parse::<JobId>()
-                    .ok()
-                    .filter(|id| *id > 0)
-                    .ok_or_else(|| ApiError::invalid(format!("cursor: invalid cursor {c:?}")))
-            })
-            .transpose()?,
-        // One more than asked: whether there is a next page.
-        limit: Some(limit + 1),
-    };
-    let mut jobs = state.host.store().list_jobs(filter).await?;
+    let mut filter = job_filter(
+        q.state.as_deref(),
+        q.kind,
+        q.queue,
+        q.concurrency_key,
+        q.text,
+    )?;
+    filter.before = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<JobId>()
+                .ok()
+                .filter(|id| *id > 0)
+                .ok_or_else(|| ApiError::invalid(format!("cursor: invalid cursor {c:?}")))
+        })
+        .transpose()?;
+    // One more than asked: whether there is a next page.
+    filter.limit = Some(limit + 1);
+    let store = state.host.store();
+    let indexed = filter.kind.is_none()
+        && filter.queue.is_none()
+        && filter.concurrency_key.is_none()
+        && filter.text.is_none()
+        && matches!(
+            filter.state,
+            None | Some(JobState::Discarded | JobState::Cancelled)
+        );
+    if !indexed {
+        let window = if filter.text.is_some() {
+            TEXT_SCAN_WINDOW
+        } else {
+            SCAN_WINDOW
+        };
+        let upper = match filter.before {
+            Some(b) => b,
+            None => store.last_job_id().await?.unwrap_or(0) + 1,
+        };
+        let from = upper - window;
+        if from > 1 {
+            filter.from = Some(from);
+        }
+    }
+    let mut jobs = store.list_jobs(filter.clone()).await?;
     let more = jobs.len() > limit as usize;
     jobs.truncate(limit as usize);
-    let next_cursor = more
-        .then(|| jobs.last().map(|j| j.id.to_string()))
-        .flatten();
-    Ok(Json(JobPage { jobs, next_cursor }))
+    let (next_cursor, searched_to) = match filter.from {
+        Some(from) if !more => (Some(from.to_string()), Some(from)),
+        _ => (
+            more.then(|| jobs.last().map(|j| j.id.to_string())).flatten(),
+            None,
+        ),
+    };
+    Ok(Json(JobPage {
+        jobs,
+        next_cursor,
+        searched_to,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CountQuery {
+    state: Option<String>,
+    kind: Option<String>,
+    queue: Option<String>,
+    concurrency_key: Option<String>,
+    text: Option<String>,
+    /// Count only the jobs this action would move (`retry` or `cancel`).
+    action: Option<String>,
+}
+
+/// How many jobs a filter matches.
+#[derive(Debug, Serialize)]
+pub struct JobCount {
+    count: u64,
+}
+
+/// `GET /api/jobs/count`: how many jobs match a filter (every one, not a
+/// page), and with `action`, how many a bulk action would move.
+pub async fn count(
+    State(state): State<Arc<ApiState>>,
+    ApiQuery(q): ApiQuery<CountQuery>,
+) -> Result<Json<JobCount>, ApiError> {
+    let filter = job_filter(
+        q.state.as_deref(),
+        q.kind,
+        q.queue,
+        q.concurrency_key,
+        q.text,
+    )?;
+    let action = q
+        .action
+        .as_deref()
+        .map(str::parse::<JobAction>)
+        .transpose()
+        .map_err(|e| ApiError::invalid(format!("action: {e}")))?;
+    let count = state.host.store().count_jobs(filter, action).await?;
+    Ok(Json(JobCount { count }))
 }
 
 /// Parses a job id from the path.
@@ -238,6 +352,20 @@ pub async fn show(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))
+}
+
+/// `GET /api/jobs/{id}/effects`: the kv writes and outbox events the job
+/// committed.
+pub async fn effects(
+    State(state): State<Arc<ApiState>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<JobEffects>, ApiError> {
+    let id = job_id(&id)?;
+    let store = state.host.store();
+    if store.job(id).await?.is_none() {
+        return Err(ApiError::not_found(format!("job {id} not found")));
+    }
+    Ok(Json(store.job_effects(id).await?))
 }
 
 /// A job's new state after an operator's action.
@@ -289,6 +417,8 @@ pub struct BulkRequest {
     kind: Option<String>,
     queue: Option<String>,
     concurrency_key: Option<String>,
+    /// Text the payload or error contains.
+    text: Option<String>,
     /// At most this many (default 1000, at most 10000).
     limit: Option<u32>,
 }
@@ -327,14 +457,8 @@ async fn bulk(
     if !(1..=10_000).contains(&limit) {
         return Err(ApiError::invalid("limit: must be between 1 and 10000"));
     }
-    let filter = JobFilter {
-        state: req.state,
-        kind: req.kind,
-        queue: req.queue,
-        concurrency_key: req.concurrency_key,
-        before: None,
-        limit: None,
-    };
+    let mut filter = job_filter(None, req.kind, req.queue, req.concurrency_key, req.text)?;
+    filter.state = req.state;
     let host = &state.host;
     let now = host.clock().now();
     let done = if retry {

@@ -77,13 +77,17 @@ pub const ROUTES: &[(&str, &str, bool)] = &[
     ("GET", "/readyz", false),
     ("GET", "/metrics", false),
     ("GET", "/api/openapi.json", false),
+    ("GET", "/api/info", false),
     ("GET", "/api/stats", false),
+    ("GET", "/api/throughput", false),
     ("GET", "/api/events", false),
     ("POST", "/api/jobs", true),
     ("GET", "/api/jobs", false),
+    ("GET", "/api/jobs/count", false),
     ("POST", "/api/jobs/retry", true),
     ("POST", "/api/jobs/cancel", true),
     ("GET", "/api/jobs/{id}", false),
+    ("GET", "/api/jobs/{id}/effects", false),
     ("POST", "/api/jobs/{id}/retry", true),
     ("POST", "/api/jobs/{id}/cancel", true),
     ("GET", "/api/schedules", false),
@@ -111,12 +115,16 @@ pub fn router(state: Arc<ApiState>) -> Router {
     let api = Router::new()
         .route("/metrics", get(observe::metrics))
         .route("/api/openapi.json", get(observe::openapi))
+        .route("/api/info", get(observe::info))
         .route("/api/stats", get(observe::stats))
+        .route("/api/throughput", get(observe::throughput))
         .route("/api/events", get(observe::events))
         .route("/api/jobs", post(jobs::enqueue).get(jobs::list))
         .route("/api/jobs/retry", post(jobs::retry_many))
         .route("/api/jobs/cancel", post(jobs::cancel_many))
+        .route("/api/jobs/count", get(jobs::count))
         .route("/api/jobs/{id}", get(jobs::show))
+        .route("/api/jobs/{id}/effects", get(jobs::effects))
         .route("/api/jobs/{id}/retry", post(jobs::retry))
         .route("/api/jobs/{id}/cancel", post(jobs::cancel))
         .route("/api/schedules", get(schedules::list))
@@ -144,10 +152,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/outbox/{id}/retry", post(operate::retry_event))
         .route("/api/hosts", get(operate::hosts))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), guard));
-    Router::new()
+    let mut app = Router::new()
         .route("/healthz", get(observe::healthz))
         .route("/readyz", get(observe::readyz))
-        .merge(api)
+        .merge(api);
+    if state.config.dashboard {
+        app = app.merge(crate::dashboard::routes());
+    }
+    app
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body))

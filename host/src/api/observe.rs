@@ -448,6 +448,62 @@ pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThroughputQuery {
+    /// How many minutes up to now (default 60, at most 60).
+    minutes: Option<u32>,
+}
+
+/// `GET /api/throughput`: attempts per minute (succeeded, failed) and per
+/// plugin (success rate, run-time percentiles) over the last minutes, on
+/// every host of the database.
+pub async fn throughput(
+    State(state): State<Arc<ApiState>>,
+    super::ApiQuery(q): super::ApiQuery<ThroughputQuery>,
+) -> Result<Json<crate::throughput::Throughput>, ApiError> {
+    let minutes = q.minutes.unwrap_or(60);
+    if !(1..=60).contains(&minutes) {
+        return Err(ApiError::invalid("minutes: must be between 1 and 60"));
+    }
+    let host = &state.host;
+    let hosts = host.store().hosts().await?;
+    Ok(Json(crate::throughput::summarize(
+        hosts.iter().filter_map(|h| h.minutes.as_deref()),
+        host.clock().now(),
+        minutes,
+    )))
+}
+
+/// `GET /api/info`: who answers, and what the caller may do.
+#[derive(Debug, Serialize)]
+pub struct Info {
+    /// This host's worker id.
+    host: String,
+    version: &'static str,
+    /// `sqlite` or `postgres`.
+    store: &'static str,
+    /// Mutating routes answer 403.
+    read_only: bool,
+    /// Whether the API asks for a token.
+    token_required: bool,
+}
+
+/// `GET /api/info`.
+pub async fn info(State(state): State<Arc<ApiState>>) -> Json<Info> {
+    let config = state.host.config();
+    Json(Info {
+        host: config.host.worker_id.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        store: match config.store {
+            crate::store::StoreOptions::Sqlite(_) => "sqlite",
+            crate::store::StoreOptions::Postgres(_) => "postgres",
+        },
+        read_only: state.config.read_only,
+        token_required: state.config.token.is_some(),
+    })
+}
+
 /// Percentiles in milliseconds.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct Millis {

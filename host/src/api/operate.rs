@@ -171,11 +171,32 @@ pub async fn reset_breaker(
     Ok(Json(Reset { kind, was }))
 }
 
-/// `GET /api/queues`: jobs by queue and state, each queue's oldest due job
-/// and pause.
+/// `GET /api/queues`: jobs by queue and state and each queue's oldest due
+/// job (cached, as in `/api/stats`: at most a second old on a small
+/// database), and each queue's pause (read now).
 pub async fn queues(State(state): State<Arc<ApiState>>) -> Result<Json<Vec<QueueStats>>, ApiError> {
     let host = &state.host;
-    Ok(Json(host.store().queues(host.clock().now()).await?))
+    let cached = state.metrics.cached(host).await;
+    let pauses = host.store().pauses().await?;
+    let mut queues: std::collections::BTreeMap<String, QueueStats> = cached
+        .queues
+        .into_iter()
+        .map(|mut q| {
+            q.paused = None;
+            (q.queue.clone(), q)
+        })
+        .collect();
+    for p in pauses.into_iter().filter(|p| p.scope == PauseScope::Queue) {
+        let name = p.name.clone();
+        queues
+            .entry(name.clone())
+            .or_insert_with(|| QueueStats {
+                queue: name,
+                ..QueueStats::default()
+            })
+            .paused = Some(p);
+    }
+    Ok(Json(queues.into_values().collect()))
 }
 
 /// `POST /api/queues/{queue}/pause`.

@@ -14,6 +14,8 @@ pub struct ApiConfig {
     pub token: Option<String>,
     /// Refuse every mutating route (403).
     pub read_only: bool,
+    /// Serve the web dashboard at `/`.
+    pub dashboard: bool,
     /// The largest request body.
     pub max_body: usize,
     /// How long a request may take (a `?wait` and the event stream excepted).
@@ -29,6 +31,7 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             token: None,
             read_only: false,
+            dashboard: true,
             max_body: 8 << 20,
             request_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(10),

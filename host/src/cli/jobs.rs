@@ -118,8 +118,8 @@ async fn run(config: &Config, store: &dyn Store, cmd: JobsCommand) -> anyhow::Re
                     kind,
                     queue,
                     concurrency_key,
-                    before: None,
                     limit: Some(limit),
+                    ..JobFilter::default()
                 })
                 .await?;
             if json {

@@ -227,6 +227,7 @@ impl Host {
                 ended_at: now,
                 component_hash,
                 recording,
+                host: Some(self.config.host.worker_id.clone()),
             },
             transition,
             effects: report.effects,

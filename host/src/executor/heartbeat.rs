@@ -42,6 +42,12 @@ impl Host {
     /// Writes this host's heartbeat row now.
     pub async fn beat(&self, ready: bool) -> Result<(), crate::store::StoreError> {
         let now = self.clock.now();
+        let minutes = self
+            .metrics
+            .minutes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_json(now);
         self.store
             .heartbeat(
                 HostRecord {
@@ -51,6 +57,7 @@ impl Host {
                     last_seen: now,
                     ready,
                     in_flight: self.in_flight() as u64,
+                    minutes,
                 },
                 crate::time::Timestamp(now.0 - crate::time::duration_ms(FORGET_AFTER)),
             )

@@ -30,6 +30,7 @@ pub const TABLES: &[&str] = &[
     "attempts",
     "kv",
     "outbox",
+    "kv_writes",
     "schedules",
     "schedule_fires",
     "breakers",

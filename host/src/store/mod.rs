@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::job::{
-    AttemptOutcome, ClaimedJob, Enqueued, ExpiredLease, Fence, Fenced, Finish, JobFilter, JobId,
-    JobRecord, JobState, KvEntry, NewJob, Transition,
+    AttemptOutcome, ClaimedJob, Enqueued, ExpiredLease, Fence, Fenced, Finish, JobAction, JobFilter,
+    JobId, JobRecord, JobState, KvEntry, NewJob, Transition,
 };
 use crate::outbox::{ClaimedEvent, Delivery, EventRecord, EventState};
 use crate::policy::{
@@ -197,6 +197,26 @@ pub struct FinishOutcome {
     pub breaker: Option<BreakerChange>,
 }
 
+/// A kv write a job's completion committed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct KvWriteRecord {
+    /// The claim the completion ran under.
+    pub epoch: u64,
+    pub namespace: String,
+    pub key: String,
+    /// The version the write made.
+    pub version: i64,
+    /// It deleted the key.
+    pub deleted: bool,
+}
+
+/// What a job committed besides its own row.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct JobEffects {
+    pub kv_writes: Vec<KvWriteRecord>,
+    pub events: Vec<EventRecord>,
+}
+
 /// Outbox events by state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct EventCounts {
@@ -362,6 +382,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Jobs matching `filter`, newest first, without their attempts.
     fn list_jobs(&self, filter: JobFilter) -> StoreFuture<'_, Vec<JobRecord>>;
+
+    /// How many jobs match `filter` (its `limit` ignored), and with
+    /// `action`, how many of them the action would move.
+    fn count_jobs(&self, filter: JobFilter, action: Option<JobAction>) -> StoreFuture<'_, u64>;
+
+    /// The highest job id, if there are jobs.
+    fn last_job_id(&self) -> StoreFuture<'_, Option<JobId>>;
+
+    /// The kv writes and outbox events job `id` committed.
+    fn job_effects(&self, id: JobId) -> StoreFuture<'_, JobEffects>;
 
     /// How many jobs are in each state.
     fn counts(&self) -> StoreFuture<'_, StateCounts>;

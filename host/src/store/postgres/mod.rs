@@ -52,11 +52,11 @@ use postgres::{Client, NoTls, Row, Statement};
 use tokio::sync::{oneshot, watch};
 
 use super::{
-    Bulk, ClaimRequest, Claimed, CleanReport, CleanRequest, EventCounts, FinishOutcome, QueueStats,
+    Bulk, ClaimRequest, Claimed, CleanReport, CleanRequest, EventCounts, FinishOutcome, JobEffects, QueueStats,
     StateCounts, Store, StoreError, StoreFuture,
 };
 use crate::job::{
-    Enqueued, ExpiredLease, Fence, Fenced, Finish, JobFilter, JobId, JobRecord, JobState, KvEntry,
+    Enqueued, ExpiredLease, Fence, Fenced, Finish, JobAction, JobFilter, JobId, JobRecord, JobState, KvEntry,
     NewJob, Transition,
 };
 use crate::outbox::{ClaimedEvent, Delivery, EventRecord, EventState};
@@ -659,6 +659,18 @@ impl Store for PgStore {
 
     fn list_jobs(&self, filter: JobFilter) -> StoreFuture<'_, Vec<JobRecord>> {
         self.read(move |c| read::list_jobs(c, &filter))
+    }
+
+    fn count_jobs(&self, filter: JobFilter, action: Option<JobAction>) -> StoreFuture<'_, u64> {
+        self.read(move |c| read::count_jobs(c, &filter, action))
+    }
+
+    fn last_job_id(&self) -> StoreFuture<'_, Option<JobId>> {
+        self.read(read::last_job_id)
+    }
+
+    fn job_effects(&self, id: JobId) -> StoreFuture<'_, JobEffects> {
+        self.read(move |c| read::job_effects(c, id))
     }
 
     fn counts(&self) -> StoreFuture<'_, StateCounts> {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use super::Conn;
 use super::read::{self, col, int};
 use super::write::Result;
-use crate::job::{AttemptOutcome, Fenced, JobFilter, JobId, JobState};
+use crate::job::{AttemptOutcome, Fenced, JobAction, JobFilter, JobId, JobState};
 use crate::outbox::{ClaimedEvent, Delivery};
 use crate::policy::{BreakerState, PauseScope};
 use crate::store::{Bulk, CleanReport, CleanRequest, StoreError};
@@ -130,12 +130,13 @@ const DELETE_PAUSE: &str = "DELETE FROM pauses WHERE scope = $1 AND name = $2";
 /// A host's heartbeat. $1 id, $2 version, $3 started, $4 now, $5 ready,
 /// $6 in flight.
 const HEARTBEAT: &str = "
-    INSERT INTO hosts (id, version, started_at, last_seen, ready, in_flight)
-    VALUES ($1, $2, $3, $4, $5, $6)
+    INSERT INTO hosts (id, version, started_at, last_seen, ready, in_flight, minutes)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
     ON CONFLICT (id) DO UPDATE SET
         version = excluded.version, started_at = excluded.started_at,
         last_seen = excluded.last_seen, ready = excluded.ready,
-        in_flight = excluded.in_flight";
+        in_flight = excluded.in_flight,
+        minutes = COALESCE(excluded.minutes, hosts.minutes)";
 
 /// Hosts not seen since $1 are forgotten.
 const FORGET_HOSTS: &str = "DELETE FROM hosts WHERE last_seen < $1";
@@ -168,6 +169,8 @@ const LOCK_DOOMED: &str = "
     FOR UPDATE SKIP LOCKED";
 
 const DELETE_ATTEMPTS_OF: &str = "DELETE FROM attempts WHERE job_id = ANY($1::bigint[])";
+
+const DELETE_KV_WRITES_OF: &str = "DELETE FROM kv_writes WHERE job_id = ANY($1::bigint[])";
 
 /// Deletes the jobs (fenced on their still being finished).
 const DELETE_JOBS: &str = "
@@ -305,10 +308,11 @@ pub(super) fn bulk(
 ) -> Result<Bulk> {
     let (cond, mut args) = read::filter_sql(filter);
     let states = if retry {
-        "('discarded', 'retryable', 'cancelled')"
+        JobAction::Retry
     } else {
-        "('available', 'retryable', 'running')"
-    };
+        JobAction::Cancel
+    }
+    .from_states_sql();
     args.push(Box::new(i64::from(limit) + 1));
     let q = format!(
         "SELECT id, kind FROM jobs WHERE {cond} AND state IN {states} ORDER BY id LIMIT ${}",
@@ -458,6 +462,7 @@ pub(super) fn heartbeat(
             &host.last_seen.0,
             &host.ready,
             &in_flight,
+            &host.minutes,
         ],
     )?;
     c.execute(FORGET_HOSTS, &[&forget_before.0])?;
@@ -508,6 +513,7 @@ pub(super) fn clean(c: &mut Conn, req: &CleanRequest) -> Result<CleanReport> {
             .collect::<Result<_>>()?;
         if !locked.is_empty() {
             report.attempts += c.execute(DELETE_ATTEMPTS_OF, &[&locked])?;
+            c.execute(DELETE_KV_WRITES_OF, &[&locked])?;
             report.jobs += c.execute(DELETE_JOBS, &[&locked])?;
         }
     }

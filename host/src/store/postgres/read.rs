@@ -19,11 +19,14 @@ use postgres::types::{FromSql, ToSql, Type};
 use super::Conn;
 use super::write::Result;
 use crate::job::{
-    AttemptRow, JobFilter, JobId, JobRecord, JobState, KvEntry, effective_idempotency_key,
+    AttemptRow, JobAction, JobFilter, JobId, JobRecord, JobState, KvEntry,
+    effective_idempotency_key,
 };
 use crate::outbox::{EventRecord, EventState};
 use crate::policy::{BreakerRecord, PauseRecord, PauseScope};
-use crate::store::{EventCounts, QueueStats, StateCounts, StoreError};
+use crate::store::{
+    EventCounts, JobEffects, KvWriteRecord, QueueStats, StateCounts, StoreError,
+};
 use crate::time::Timestamp;
 
 /// The columns [`job_record`] reads, in order (a macro, so that the
@@ -41,7 +44,7 @@ const SELECT_JOB: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id
 
 const SELECT_ATTEMPTS: &str = "
     SELECT attempt, epoch, outcome, error, started_at, ended_at, duration_ms,
-           fuel_used, component_hash, octet_length(recording)
+           fuel_used, component_hash, octet_length(recording), host
     FROM attempts WHERE job_id = $1 ORDER BY epoch";
 
 /// An attempt's recording: attempt $2, or with $2 NULL the latest that has
@@ -113,8 +116,18 @@ const SELECT_PAUSES: &str = r#"
     ORDER BY scope COLLATE "C", name COLLATE "C""#;
 
 const SELECT_HOSTS: &str = r#"
-    SELECT id, version, started_at, last_seen, ready, in_flight
+    SELECT id, version, started_at, last_seen, ready, in_flight, minutes
     FROM hosts ORDER BY last_seen DESC, id COLLATE "C""#;
+
+const SELECT_KV_WRITES: &str = "
+    SELECT epoch, namespace, key, version, deleted FROM kv_writes
+    WHERE job_id = $1 ORDER BY epoch, namespace COLLATE \"C\", key COLLATE \"C\", version";
+
+const SELECT_JOB_EVENTS: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM outbox WHERE job_id = $1 ORDER BY id"
+);
 
 pub(super) fn job(c: &mut Conn, id: JobId) -> Result<Option<JobRecord>> {
     let Some(row) = c.query_opt(SELECT_JOB, &[&id])? else {
@@ -137,6 +150,7 @@ pub(super) fn job(c: &mut Conn, id: JobId) -> Result<Option<JobRecord>> {
                 fuel_used: opt_int(r, 7)?,
                 component_hash: col(r, 8)?,
                 recording_bytes: opt_int(r, 9)?,
+                host: col(r, 10)?,
             })
         })
         .collect::<Result<_>>()?;
@@ -187,9 +201,20 @@ pub(super) fn filter_sql(filter: &JobFilter) -> (String, Args) {
             cond.push_str(&format!(" AND {column} = ${}", args.len()));
         }
     }
+    if let Some(pattern) = filter.text_pattern() {
+        args.push(Box::new(pattern));
+        let n = args.len();
+        cond.push_str(&format!(
+            " AND (payload ILIKE ${n} ESCAPE '\\' OR error ILIKE ${n} ESCAPE '\\')"
+        ));
+    }
     if let Some(before) = filter.before {
         args.push(Box::new(before));
         cond.push_str(&format!(" AND id < ${}", args.len()));
+    }
+    if let Some(from) = filter.from {
+        args.push(Box::new(from));
+        cond.push_str(&format!(" AND id >= ${}", args.len()));
     }
     (cond, args)
 }
@@ -274,6 +299,49 @@ pub(super) fn list_events(
         .iter()
         .map(event_record)
         .collect()
+}
+
+/// What job `id` committed: its kv writes and its outbox events.
+pub(super) fn job_effects(c: &mut Conn, id: JobId) -> Result<JobEffects> {
+    let kv_writes = c
+        .query(SELECT_KV_WRITES, &[&id])?
+        .iter()
+        .map(|r| {
+            Ok(KvWriteRecord {
+                epoch: int(r, 0)?,
+                namespace: col(r, 1)?,
+                key: col(r, 2)?,
+                version: col(r, 3)?,
+                deleted: col(r, 4)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let events = c
+        .query(SELECT_JOB_EVENTS, &[&id])?
+        .iter()
+        .map(event_record)
+        .collect::<Result<_>>()?;
+    Ok(JobEffects { kv_writes, events })
+}
+
+/// How many jobs match `filter` (and, with `action`, could be moved by it).
+pub(super) fn count_jobs(
+    c: &mut Conn,
+    filter: &JobFilter,
+    action: Option<JobAction>,
+) -> Result<u64> {
+    let (cond, args) = filter_sql(filter);
+    let states = action.map_or(String::new(), |a| {
+        format!(" AND state IN {}", a.from_states_sql())
+    });
+    let q = format!("SELECT COUNT(*) FROM jobs WHERE {cond}{states}");
+    let n: i64 = col(&c.client().query_one(&q, &params(&args))?, 0)?;
+    Ok(n as u64)
+}
+
+/// The highest job id (`None`: no jobs).
+pub(super) fn last_job_id(c: &mut Conn) -> Result<Option<JobId>> {
+    col(&c.query_one("SELECT MAX(id) FROM jobs", &[])?, 0)
 }
 
 /// Maps a row of `event_columns!()`.
@@ -399,6 +467,7 @@ pub(super) fn hosts(c: &mut Conn) -> Result<Vec<crate::health::HostRecord>> {
                 last_seen: ts(r, 3)?,
                 ready: col(r, 4)?,
                 in_flight: int(r, 5)?,
+                minutes: col(r, 6)?,
             })
         })
         .collect()

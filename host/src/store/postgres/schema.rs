@@ -177,6 +177,26 @@ const MIGRATIONS: &[&str] = &[
         in_flight  BIGINT  NOT NULL
     );
     "#,
+    // 2: SQLite migration 7.
+    r#"
+    ALTER TABLE attempts ADD COLUMN host TEXT;
+
+    CREATE TABLE kv_writes (
+        job_id    BIGINT  NOT NULL,
+        epoch     BIGINT  NOT NULL,
+        namespace TEXT    NOT NULL,
+        key       TEXT    NOT NULL,
+        version   BIGINT  NOT NULL,
+        deleted   BOOLEAN NOT NULL,
+        PRIMARY KEY (job_id, epoch, namespace, key, version)
+    );
+
+    CREATE INDEX outbox_job ON outbox (job_id);
+    CREATE INDEX jobs_failed_id ON jobs (state, id)
+        WHERE state IN ('discarded', 'cancelled');
+
+    ALTER TABLE hosts ADD COLUMN minutes TEXT;
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -542,6 +542,7 @@ pub(super) fn finish_batch(c: &mut Conn, items: &[FinishItem<'_>]) -> Result<Bat
     let mut duration = Vec::with_capacity(n);
     let mut hash: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut recording: Vec<Option<&[u8]>> = Vec::with_capacity(n);
+    let mut host: Vec<Option<&str>> = Vec::with_capacity(n);
     for &i in &order {
         let (f, b) = items[i];
         let a = &f.attempt;
@@ -569,6 +570,7 @@ pub(super) fn finish_batch(c: &mut Conn, items: &[FinishItem<'_>]) -> Result<Bat
         duration.push(duration_ms(a.ended_at.since(a.started_at)));
         hash.push(a.component_hash.as_deref());
         recording.push(a.recording.as_deref());
+        host.push(a.host.as_deref());
     }
     let rows = c.query(
         FINISH_BATCH,
@@ -589,6 +591,7 @@ pub(super) fn finish_batch(c: &mut Conn, items: &[FinishItem<'_>]) -> Result<Bat
             &duration,
             &hash,
             &recording,
+            &host,
         ],
     )?;
     let mut moved: HashMap<JobId, Moved> = HashMap::with_capacity(rows.len());
@@ -666,7 +669,7 @@ pub(super) fn finish_one(c: &mut Conn, f: &Finish, lease_bound: i64) -> Result<F
         if let Some(key) = changed {
             return Err(StoreError::KvConflict { key });
         }
-        apply_effects(c, f.fence.id, &f.effects, f.attempt.ended_at.0)?;
+        apply_effects(c, f.fence, &f.effects, f.attempt.ended_at.0)?;
     }
     Ok(applied)
 }
@@ -896,7 +899,8 @@ fn finish_conflict(
 
 /// Stores a completion's kv writes and events (its reads were checked
 /// first, in the same transaction, under the keys' locks).
-fn apply_effects(c: &mut Conn, job_id: JobId, effects: &Effects, now: i64) -> Result<()> {
+fn apply_effects(c: &mut Conn, fence: Fence, effects: &Effects, now: i64) -> Result<()> {
+    let job_id = fence.id;
     let ns = &effects.namespace;
     let distinct: HashSet<&str> = effects.kv_writes.iter().map(|(k, _)| k.as_str()).collect();
     if distinct.len() == effects.kv_writes.len() {
@@ -915,6 +919,10 @@ fn apply_effects(c: &mut Conn, job_id: JobId, effects: &Effects, now: i64) -> Re
         for (key, value) in &effects.kv_writes {
             c.execute(KV_PUT, &[ns, key, value, &now])?;
         }
+    }
+    if !distinct.is_empty() {
+        let keys: Vec<&str> = distinct.into_iter().collect();
+        c.execute(LOG_KV_WRITES, &[&job_id, &big(fence.epoch), ns, &keys])?;
     }
     if !effects.events.is_empty() {
         let topic: Vec<&str> = effects.events.iter().map(|e| e.topic.as_str()).collect();
@@ -945,6 +953,7 @@ fn insert_attempt(c: &mut Conn, fence: Fence, a: &AttemptRecord) -> Result<()> {
             &duration_ms(a.ended_at.since(a.started_at)),
             &a.component_hash,
             &a.recording,
+            &a.host,
         ],
     )?;
     Ok(())
@@ -1184,6 +1193,7 @@ pub(super) fn expired_leases(
                 attempt: uint(r.try_get(3)?),
                 max_attempts: uint(r.try_get(4)?),
                 attempted_at: Timestamp(r.try_get::<_, Option<i64>>(5)?.unwrap_or(now.0)),
+                leased_by: r.try_get(6)?,
             })
         })
         .collect()
@@ -1208,6 +1218,7 @@ pub(super) fn rescue_finish(
             ended_at: now,
             component_hash: None,
             recording: None,
+            host: lease.leased_by.clone(),
         },
         transition,
         effects: Effects::default(),
@@ -1470,7 +1481,7 @@ macro_rules! moved_columns {
 /// discarded with error $6; `release`: → available now, the attempt given
 /// back), $8 now (the attempt's end); the attempt's number $9, outcome
 /// $10, error $11, fuel $12, start $13, duration $14, component $15 and
-/// recording $16. Returns the jobs that moved, each with its kind's
+/// recording $16, host $17. Returns the jobs that moved, each with its kind's
 /// breaker (NULLs: none). `j.id = ANY($1)` finds the jobs through the
 /// primary key, and the state is fenced with a CASE, which no plan can
 /// answer from `jobs_lease`: a plain `state = 'running'` lets plans read
@@ -1482,10 +1493,11 @@ const FINISH_BATCH: &str = concat!(
         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],
                              $5::text[], $6::text[], $7::bigint[], $8::bigint[],
                              $9::integer[], $10::text[], $11::text[], $12::bigint[],
-                             $13::bigint[], $14::bigint[], $15::text[], $16::bytea[])
+                             $13::bigint[], $14::bigint[], $15::text[], $16::bytea[],
+                             $17::text[])
             AS f(id, epoch, bound, op, output, error, run_at, now, attempt,
                  outcome, attempt_error, fuel_used, started_at, duration_ms,
-                 component_hash, recording)
+                 component_hash, recording, host)
     ),
     moved AS (
         UPDATE jobs j
@@ -1517,9 +1529,10 @@ const FINISH_BATCH: &str = concat!(
     recorded AS (
         INSERT INTO attempts (job_id, epoch, attempt, outcome, error, fuel_used,
                               started_at, ended_at, duration_ms, component_hash,
-                              recording)
+                              recording, host)
         SELECT f.id, f.epoch, f.attempt, f.outcome, f.attempt_error, f.fuel_used,
-               f.started_at, f.now, f.duration_ms, f.component_hash, f.recording
+               f.started_at, f.now, f.duration_ms, f.component_hash, f.recording,
+               f.host
         FROM f JOIN moved m ON m.id = f.id
     )
     SELECT m.*, ",
@@ -1574,8 +1587,8 @@ const CONFLICT_DISCARD: &str =
 const INSERT_ATTEMPT: &str = "
     INSERT INTO attempts (job_id, epoch, attempt, outcome, error, fuel_used,
                           started_at, ended_at, duration_ms, component_hash,
-                          recording)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+                          recording, host)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
 /// Completion callbacks, one per row of the arrays: $1 topic, $2 job,
 /// $3 URL, $4 body, $5 key, $6 now.
@@ -1594,6 +1607,13 @@ const INSERT_EVENTS: &str = "
     SELECT $1, e.topic, e.url, e.body, e.key, 'pending', $2, $2
     FROM unnest($3::text[], $4::text[], $5::bytea[], $6::text[])
         AS e(topic, url, body, key)";
+
+/// The audit of a completion's kv writes: job $1, epoch $2, each key of
+/// $4 in namespace $3 at the version the completion left it.
+const LOG_KV_WRITES: &str = "
+    INSERT INTO kv_writes (job_id, epoch, namespace, key, version, deleted)
+    SELECT $1, $2, namespace, key, version, value IS NULL
+    FROM kv WHERE namespace = $3 AND key = ANY($4::text[])";
 
 /// The versions of the keys ($2) of namespace $1 that have a row.
 const KV_VERSIONS: &str = "
@@ -1669,7 +1689,7 @@ const EXTEND_LEASES: &str = "
 
 /// The rescuer's scan. $1 now, $2 limit.
 const EXPIRED_LEASES: &str = "
-    SELECT id, epoch, kind, attempt, max_attempts, attempted_at FROM jobs
+    SELECT id, epoch, kind, attempt, max_attempts, attempted_at, leased_by FROM jobs
     WHERE state = 'running' AND lease_expires_at <= $1
     ORDER BY lease_expires_at
     LIMIT $2";

@@ -5,12 +5,13 @@ use rusqlite::{Connection, OptionalExtension, Row, params_from_iter, types::Valu
 
 use super::sql;
 use crate::job::{
-    AttemptRow, JobFilter, JobId, JobRecord, JobState, KvEntry, effective_idempotency_key,
+    AttemptRow, JobAction, JobFilter, JobId, JobRecord, JobState, KvEntry,
+    effective_idempotency_key,
 };
 use crate::outbox::{EventRecord, EventState};
 use crate::policy::{BreakerRecord, PauseRecord};
 use crate::schedule::ScheduleRecord;
-use crate::store::{QueueStats, StateCounts, StoreError};
+use crate::store::{JobEffects, KvWriteRecord, QueueStats, StateCounts, StoreError};
 use crate::time::Timestamp;
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -40,6 +41,7 @@ pub(super) fn job(conn: &Connection, id: JobId) -> Result<Option<JobRecord>> {
             fuel_used: r.get(7)?,
             component_hash: r.get(8)?,
             recording_bytes: r.get(9)?,
+            host: r.get(10)?,
         })
     })?;
     job.attempts = rows.collect::<rusqlite::Result<_>>()?;
@@ -89,9 +91,18 @@ pub(super) fn filter_sql(filter: &JobFilter) -> (String, Vec<Value>) {
             args.push(Value::Text(v.clone()));
         }
     }
+    if let Some(pattern) = filter.text_pattern() {
+        cond.push_str(" AND (payload LIKE ? ESCAPE '\\' OR error LIKE ? ESCAPE '\\')");
+        args.push(Value::Text(pattern.clone()));
+        args.push(Value::Text(pattern));
+    }
     if let Some(before) = filter.before {
         cond.push_str(" AND id < ?");
         args.push(Value::Integer(before));
+    }
+    if let Some(from) = filter.from {
+        cond.push_str(" AND id >= ?");
+        args.push(Value::Integer(from));
     }
     (cond, args)
 }
@@ -169,6 +180,7 @@ pub(super) fn hosts(conn: &Connection) -> Result<Vec<crate::health::HostRecord>>
             last_seen: Timestamp(r.get(3)?),
             ready: r.get(4)?,
             in_flight: r.get(5)?,
+            minutes: r.get(6)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -351,33 +363,78 @@ pub(super) fn list_events(
     let mut stmt = conn.prepare_cached(&q)?;
     let rows = stmt.query_map(
         rusqlite::params![state.map(EventState::as_str), limit],
-        |r| {
-            let state: String = r.get(6)?;
-            Ok(EventRecord {
-                id: r.get(0)?,
-                job_id: r.get(1)?,
-                topic: r.get(2)?,
-                url: r.get(3)?,
-                body: r.get(4)?,
-                idempotency_key: r.get(5)?,
-                state: state.parse().map_err(|e: String| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        6,
-                        rusqlite::types::Type::Text,
-                        e.into(),
-                    )
-                })?,
-                attempts: r.get(7)?,
-                next_attempt_at: Timestamp(r.get(8)?),
-                created_at: Timestamp(r.get(9)?),
-                finalized_at: r.get::<_, Option<i64>>(10)?.map(Timestamp),
-                last_status: r.get(11)?,
-                last_error: r.get(12)?,
-                note: r.get(13)?,
-            })
-        },
+        event_record,
     )?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Maps a row of [`sql::EVENT_COLUMNS`].
+fn event_record(r: &Row<'_>) -> rusqlite::Result<EventRecord> {
+    let state: String = r.get(6)?;
+    Ok(EventRecord {
+        id: r.get(0)?,
+        job_id: r.get(1)?,
+        topic: r.get(2)?,
+        url: r.get(3)?,
+        body: r.get(4)?,
+        idempotency_key: r.get(5)?,
+        state: state.parse().map_err(|e: String| conversion(6, e))?,
+        attempts: r.get(7)?,
+        next_attempt_at: Timestamp(r.get(8)?),
+        created_at: Timestamp(r.get(9)?),
+        finalized_at: r.get::<_, Option<i64>>(10)?.map(Timestamp),
+        last_status: r.get(11)?,
+        last_error: r.get(12)?,
+        note: r.get(13)?,
+    })
+}
+
+/// What job `id` committed: its kv writes and its outbox events.
+pub(super) fn job_effects(conn: &Connection, id: JobId) -> Result<JobEffects> {
+    let kv_writes = conn
+        .prepare_cached(sql::SELECT_KV_WRITES)?
+        .query_map([id], |r| {
+            Ok(KvWriteRecord {
+                epoch: r.get(0)?,
+                namespace: r.get(1)?,
+                key: r.get(2)?,
+                version: r.get(3)?,
+                deleted: r.get(4)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let q = format!(
+        "SELECT {} FROM outbox WHERE job_id = ?1 ORDER BY id",
+        sql::EVENT_COLUMNS
+    );
+    let events = conn
+        .prepare_cached(&q)?
+        .query_map([id], event_record)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(JobEffects { kv_writes, events })
+}
+
+/// How many jobs match `filter` (and, with `action`, could be moved by it).
+pub(super) fn count_jobs(
+    conn: &Connection,
+    filter: &JobFilter,
+    action: Option<JobAction>,
+) -> Result<u64> {
+    let (cond, args) = filter_sql(filter);
+    let states = action.map_or(String::new(), |a| {
+        format!(" AND state IN {}", a.from_states_sql())
+    });
+    let q = format!("SELECT COUNT(*) FROM jobs WHERE {cond}{states}");
+    Ok(conn
+        .prepare_cached(&q)?
+        .query_row(params_from_iter(args), |r| r.get(0))?)
+}
+
+/// The highest job id (`None`: no jobs).
+pub(super) fn last_job_id(conn: &Connection) -> Result<Option<JobId>> {
+    Ok(conn
+        .prepare_cached("SELECT MAX(id) FROM jobs")?
+        .query_row([], |r| r.get(0))?)
 }
 
 pub(super) fn event_counts(conn: &Connection) -> Result<crate::store::EventCounts> {

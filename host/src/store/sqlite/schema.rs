@@ -227,6 +227,33 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE attempts ADD COLUMN recording BLOB;
     "#,
+    // 7: what operators look at: the host that ran each attempt, the kv
+    // writes each completion committed (deleted with its job), the events
+    // of a job, failed jobs by id, and each host's recent throughput.
+    r#"
+    ALTER TABLE attempts ADD COLUMN host TEXT;
+
+    CREATE TABLE kv_writes (
+        job_id    INTEGER NOT NULL,
+        epoch     INTEGER NOT NULL,
+        namespace TEXT    NOT NULL,
+        key       TEXT    NOT NULL,
+        -- The version the write made; a delete leaves a tombstone.
+        version   INTEGER NOT NULL,
+        deleted   INTEGER NOT NULL,
+        PRIMARY KEY (job_id, epoch, namespace, key, version)
+    ) WITHOUT ROWID;
+
+    CREATE INDEX outbox_job ON outbox (job_id);
+
+    -- Listing failed jobs newest first (the operator's most common filter).
+    CREATE INDEX jobs_failed_id ON jobs (state, id)
+        WHERE state IN ('discarded', 'cancelled');
+
+    -- The host's attempts per minute and plugin over the last hour (JSON),
+    -- written with its heartbeat.
+    ALTER TABLE hosts ADD COLUMN minutes TEXT;
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -218,8 +218,8 @@ pub const DELETE_PAUSE: &str = "DELETE FROM pauses WHERE scope = ?1 AND name = ?
 pub const INSERT_ATTEMPT: &str = "
     INSERT INTO attempts (job_id, epoch, attempt, outcome, error, fuel_used,
                           started_at, ended_at, duration_ms, component_hash,
-                          recording)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+                          recording, host)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 
 /// heartbeat: running → running with a later lease. ?1 id, ?2 epoch,
 /// ?3 new expiry.
@@ -229,7 +229,7 @@ pub const EXTEND_LEASE: &str = "
 
 /// The rescuer's scan. ?1 now, ?2 limit.
 pub const EXPIRED_LEASES: &str = "
-    SELECT id, epoch, kind, attempt, max_attempts, attempted_at FROM jobs
+    SELECT id, epoch, kind, attempt, max_attempts, attempted_at, leased_by FROM jobs
     WHERE state = 'running' AND lease_expires_at <= ?1
     ORDER BY lease_expires_at
     LIMIT ?2";
@@ -387,6 +387,9 @@ pub const SWEEP: &str = "
 pub const DELETE_ATTEMPTS_OF: &str = "
     DELETE FROM attempts WHERE job_id IN (SELECT value FROM json_each(?1))";
 
+pub const DELETE_KV_WRITES_OF: &str = "
+    DELETE FROM kv_writes WHERE job_id IN (SELECT value FROM json_each(?1))";
+
 /// Deletes the jobs (fenced on their still being finished: an operator
 /// may have retried one since the batch was chosen).
 pub const DELETE_JOBS: &str = "
@@ -423,7 +426,7 @@ pub const JOB_COLUMNS: &str = "
 
 pub const SELECT_ATTEMPTS: &str = "
     SELECT attempt, epoch, outcome, error, started_at, ended_at, duration_ms,
-           fuel_used, component_hash, length(recording)
+           fuel_used, component_hash, length(recording), host
     FROM attempts WHERE job_id = ?1 ORDER BY epoch";
 
 /// An attempt's recording: attempt ?2, or with ?2 NULL the latest that has
@@ -456,6 +459,19 @@ pub const KV_PUT: &str = "
     ON CONFLICT (namespace, key) DO UPDATE
     SET value = excluded.value, version = version + 1,
         updated_at = excluded.updated_at";
+
+/// The audit of one kv write of a completion: job ?1, epoch ?2, key ?4 of
+/// namespace ?3 at the version the completion left it (a key written
+/// twice is logged once).
+pub const LOG_KV_WRITE: &str = "
+    INSERT OR IGNORE INTO kv_writes (job_id, epoch, namespace, key, version, deleted)
+    SELECT ?1, ?2, namespace, key, version, value IS NULL
+    FROM kv WHERE namespace = ?3 AND key = ?4";
+
+/// The kv writes job ?1 committed.
+pub const SELECT_KV_WRITES: &str = "
+    SELECT epoch, namespace, key, version, deleted FROM kv_writes
+    WHERE job_id = ?1 ORDER BY epoch, namespace, key, version";
 
 /// outbox: (none) → pending, committed with the job's completion.
 pub const INSERT_EVENT: &str = "
@@ -539,16 +555,17 @@ pub const EVENT_COLUMNS: &str = "
 /// A host's heartbeat. ?1 id, ?2 version, ?3 started, ?4 now, ?5 ready,
 /// ?6 in flight.
 pub const HEARTBEAT: &str = "
-    INSERT INTO hosts (id, version, started_at, last_seen, ready, in_flight)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+    INSERT INTO hosts (id, version, started_at, last_seen, ready, in_flight, minutes)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
     ON CONFLICT (id) DO UPDATE SET
         version = excluded.version, started_at = excluded.started_at,
         last_seen = excluded.last_seen, ready = excluded.ready,
-        in_flight = excluded.in_flight";
+        in_flight = excluded.in_flight,
+        minutes = COALESCE(excluded.minutes, hosts.minutes)";
 
 /// Hosts not seen since ?1 are forgotten.
 pub const FORGET_HOSTS: &str = "DELETE FROM hosts WHERE last_seen < ?1";
 
 pub const SELECT_HOSTS: &str = "
-    SELECT id, version, started_at, last_seen, ready, in_flight
+    SELECT id, version, started_at, last_seen, ready, in_flight, minutes
     FROM hosts ORDER BY last_seen DESC, id";

@@ -332,7 +332,7 @@ pub(super) fn finish(conn: &Connection, f: &Finish, lease_bound: i64) -> Result<
         return Ok(fenced_out(f.attempt.outcome));
     };
     if let Transition::Complete { .. } = f.transition {
-        apply_effects(conn, f.fence.id, &f.effects, now.0)?;
+        apply_effects(conn, f.fence, &f.effects, now.0)?;
     }
     insert_attempt(conn, f.fence, &f.attempt)?;
     if has_callback
@@ -522,14 +522,21 @@ fn count_breaker(
 
 /// Stores a completion's kv writes and events. Its reads were checked
 /// first, in the same transaction.
-fn apply_effects(conn: &Connection, job_id: JobId, effects: &Effects, now: i64) -> Result<()> {
+fn apply_effects(conn: &Connection, fence: Fence, effects: &Effects, now: i64) -> Result<()> {
     if let Some(key) = changed_read(conn, effects)? {
         return Err(StoreError::KvConflict { key });
     }
+    let job_id = fence.id;
     let ns = &effects.namespace;
     let mut put = conn.prepare_cached(sql::KV_PUT)?;
     for (key, value) in &effects.kv_writes {
         put.execute(params![ns, key, value, now])?;
+    }
+    if !effects.kv_writes.is_empty() {
+        let mut log = conn.prepare_cached(sql::LOG_KV_WRITE)?;
+        for (key, _) in &effects.kv_writes {
+            log.execute(params![job_id, fence.epoch, ns, key])?;
+        }
     }
     let mut insert = conn.prepare_cached(sql::INSERT_EVENT)?;
     for e in &effects.events {
@@ -558,6 +565,7 @@ fn insert_attempt(conn: &Connection, fence: Fence, a: &AttemptRecord) -> Result<
         duration_ms(a.ended_at.since(a.started_at)),
         a.component_hash,
         a.recording,
+        a.host,
     ])?;
     Ok(())
 }
@@ -596,6 +604,7 @@ pub(super) fn expired_leases(
             attempt: r.get(3)?,
             max_attempts: r.get(4)?,
             attempted_at: Timestamp(r.get::<_, Option<i64>>(5)?.unwrap_or(now.0)),
+            leased_by: r.get(6)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -618,6 +627,7 @@ pub(super) fn rescue(
             ended_at: now,
             component_hash: None,
             recording: None,
+            host: lease.leased_by.clone(),
         },
         transition: transition.clone(),
         effects: Effects::default(),
@@ -680,6 +690,7 @@ pub(super) fn cancel_job(conn: &Connection, id: JobId, now: Timestamp) -> Result
         ended_at: now,
         component_hash: None,
         recording: None,
+        host: None,
     };
     insert_attempt(conn, Fence { id, epoch }, &record)?;
     Ok(JobState::Cancelled)
@@ -1110,6 +1121,8 @@ pub(super) fn clean(conn: &Connection, req: &CleanRequest) -> Result<CleanReport
         report.attempts += conn
             .prepare_cached(sql::DELETE_ATTEMPTS_OF)?
             .execute([&ids])? as u64;
+        conn.prepare_cached(sql::DELETE_KV_WRITES_OF)?
+            .execute([&ids])?;
         report.jobs += conn.prepare_cached(sql::DELETE_JOBS)?.execute([&ids])? as u64;
     }
     if let Some(before) = req.tombstones_before {
@@ -1143,10 +1156,11 @@ pub(super) fn bulk(
 ) -> Result<Bulk> {
     let (cond, mut args) = super::read::filter_sql(filter);
     let states = if retry {
-        "('discarded', 'retryable', 'cancelled')"
+        crate::job::JobAction::Retry
     } else {
-        "('available', 'retryable', 'running')"
-    };
+        crate::job::JobAction::Cancel
+    }
+    .from_states_sql();
     let q =
         format!("SELECT id, kind FROM jobs WHERE {cond} AND state IN {states} ORDER BY id LIMIT ?");
     args.push(rusqlite::types::Value::Integer(i64::from(limit) + 1));
@@ -1185,7 +1199,8 @@ pub(super) fn heartbeat(
         host.started_at.0,
         host.last_seen.0,
         host.ready,
-        host.in_flight
+        host.in_flight,
+        host.minutes,
     ])?;
     conn.prepare_cached(sql::FORGET_HOSTS)?
         .execute([forget_before.0])?;

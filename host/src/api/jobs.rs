@@ -183,7 +183,7 @@ pub struct JobPage {
 /// (text, kind, queue, key, or a state other than discarded or
 /// cancelled), so that every page answers quickly on any database; the
 /// caller continues from `next_cursor`.
-const SCAN_WINDOW: i64 = 200_000;
+const SCAN_WINDOW: i64 = 100_000;
 /// The same for a text search (a substring match costs more per row).
 const TEXT_SCAN_WINDOW: i64 = 50_000;
 

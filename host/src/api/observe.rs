@@ -65,6 +65,10 @@ pub struct Cached {
 pub struct Exporter {
     registry: Registry,
     cache: Arc<Mutex<CacheState>>,
+    /// Counts finished refreshes (successful or not): callers that come
+    /// before the first success wait for the next one to finish rather
+    /// than answer zeros.
+    refreshes: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -85,13 +89,20 @@ impl Exporter {
             host: Arc::clone(host),
             cache: Arc::clone(&cache),
         }));
-        Exporter { registry, cache }
+        Exporter {
+            registry,
+            cache,
+            refreshes: tokio::sync::watch::channel(0).0,
+        }
     }
 
     /// The cached counts, refreshing them in the background if stale.
-    /// Waits for the first refresh only.
+    /// Before the first refresh has succeeded, waits for the next one to
+    /// finish (if it fails, answers what the cache holds: zeros).
     pub async fn cached(&self, host: &Arc<Host>) -> Cached {
-        let (value, stale, first) = {
+        // Before looking: a refresh that ends after the look is seen.
+        let mut finished = self.refreshes.subscribe();
+        let (value, start, first) = {
             let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             let keep = CACHE_FOR.max(c.cost * REFRESH_SPACING);
             let stale = c.refreshed.is_none_or(|t| t.elapsed() >= keep);
@@ -101,27 +112,35 @@ impl Exporter {
             }
             (c.value.clone(), start, c.refreshed.is_none())
         };
-        if !stale {
+        if start {
+            let cache = Arc::clone(&self.cache);
+            let host = Arc::clone(host);
+            let refreshes = self.refreshes.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let fresh = read_counts(&host).await;
+                let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+                c.refreshing = false;
+                c.cost = started.elapsed();
+                if let Ok(v) = fresh {
+                    c.value = v;
+                    c.refreshed = Some(Instant::now());
+                }
+                drop(c);
+                refreshes.send_modify(|n| *n += 1);
+            });
+        }
+        if !first {
             return value;
         }
-        let cache = Arc::clone(&self.cache);
-        let host = Arc::clone(host);
-        let refresh = tokio::spawn(async move {
-            let started = Instant::now();
-            let fresh = read_counts(&host).await;
-            let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
-            c.refreshing = false;
-            c.cost = started.elapsed();
-            if let Ok(v) = fresh {
-                c.value = v;
-                c.refreshed = Some(Instant::now());
-            }
-            c.value.clone()
-        });
-        if first {
-            return refresh.await.unwrap_or(value);
+        if finished.changed().await.is_err() {
+            return value;
         }
-        value
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .value
+            .clone()
     }
 }
 

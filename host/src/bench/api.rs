@@ -36,10 +36,10 @@ use crate::time::{Clock, SystemClock};
 const BATCH: usize = 1000;
 
 /// A host on its own database, with its API on an ephemeral loopback port.
-struct Served {
+pub(super) struct Served {
     host: Arc<Host>,
     store: Arc<SqliteStore>,
-    addr: SocketAddr,
+    pub(super) addr: SocketAddr,
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     runner: Option<HostTask>,
@@ -48,7 +48,7 @@ struct Served {
 impl Served {
     /// Opens `config`'s store and serves the API; with `run`, the host's
     /// loops run too.
-    async fn start(config: &Config, run: bool) -> anyhow::Result<Served> {
+    pub(super) async fn start(config: &Config, run: bool) -> anyhow::Result<Served> {
         let store = Arc::new(SqliteStore::open(&sqlite_of(config))?);
         let host = host_on(config, &store)?;
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -72,11 +72,11 @@ impl Served {
         })
     }
 
-    async fn client(&self) -> anyhow::Result<Client> {
+    pub(super) async fn client(&self) -> anyhow::Result<Client> {
         Client::connect(self.addr, Some("bench-token-0123456789")).await
     }
 
-    async fn stop(self) -> anyhow::Result<()> {
+    pub(super) async fn stop(self) -> anyhow::Result<()> {
         if let Some(runner) = self.runner {
             runner.stop().await?;
         }

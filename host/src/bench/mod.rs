@@ -18,6 +18,7 @@
 //!   throughput, wasted attempts, discarded jobs, and the counters checked.
 
 mod api;
+mod dashboard;
 mod scale;
 
 use std::sync::Arc;
@@ -42,7 +43,7 @@ use crate::time::{Clock, SystemClock};
 #[command(group(
     clap::ArgGroup::new("mode")
         .multiple(false)
-        .args(["latency", "runaway", "schedule", "contention", "http", "overhead", "observe", "idle", "startup"])
+        .args(["latency", "runaway", "schedule", "contention", "http", "overhead", "observe", "dashboard", "idle", "startup"])
 ))]
 pub struct BenchArgs {
     /// Jobs to run.
@@ -99,9 +100,13 @@ pub struct BenchArgs {
     /// Plugins loaded for `--observe` (copies of `--plugin`).
     #[arg(long, default_value_t = 50, requires = "observe")]
     pub plugins: usize,
-    /// Jobs in the database for `--observe`.
-    #[arg(long, default_value_t = 1_000_000, requires = "observe")]
+    /// Jobs in the database for `--observe` and `--dashboard`.
+    #[arg(long, default_value_t = 1_000_000)]
     pub rows: usize,
+    /// The dashboard's API calls, page by page, with `--rows` jobs in the
+    /// database (and each page in headless Chromium, if available).
+    #[arg(long)]
+    pub dashboard: bool,
     /// The CPU an idle host with its API uses, over this many seconds.
     #[arg(long, value_name = "SECS")]
     pub idle: Option<u64>,
@@ -290,6 +295,31 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
                 line("/api/stats", &r.stats_ms),
                 line("/api/jobs", &r.jobs_ms),
                 line("refresh", &r.count_refresh_ms),
+            )
+        });
+    }
+    if args.dashboard {
+        let r = dashboard::dashboard(&config, &args, tmp.path(), args.rows).await?;
+        return print(&r, args.json, || {
+            let line = |c: &dashboard::CallTimes| {
+                format!(
+                    "  {:<58} p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",
+                    c.name, c.ms.p50, c.ms.p99, c.ms.max
+                )
+            };
+            let block = |v: &[dashboard::CallTimes]| {
+                v.iter().map(line).collect::<Vec<_>>().join("\n")
+            };
+            format!(
+                "dashboard ({} jobs in the database, {} rounds)\neach API call alone:\n{}\neach page's calls at once:\n{}\neach page in headless Chromium, navigation to data drawn:\n{}",
+                r.jobs_in_database,
+                r.rounds,
+                block(&r.calls),
+                block(&r.pages),
+                match &r.browser_skipped {
+                    Some(why) => format!("  skipped: {why}"),
+                    None => block(&r.browser),
+                }
             )
         });
     }

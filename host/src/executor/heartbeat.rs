@@ -1,8 +1,10 @@
-//! The heartbeat: every second, while the host is ready, it writes its row
-//! in the `hosts` table (id, version, start, last seen, attempts in flight),
-//! so that every host and operator on the database sees who is there. A
-//! host that stops being ready writes one last row saying so, then none
-//! until it is ready again; one that stops gracefully says it is gone.
+//! The heartbeat: every second it writes this host's row in the `hosts`
+//! table (id, version, start, last seen, readiness, attempts in flight, and
+//! every few seconds its attempts per minute), so that every host and
+//! operator on the database sees who is there and whether it is ready. A
+//! host that is not ready (a loop gone stale) goes on writing its row,
+//! saying so: an operator tells a live host that is not ready from one that
+//! is gone by `last_seen`. One that stops gracefully says it is gone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +15,7 @@ use super::{Host, sleep_or_stop};
 use crate::health::HostRecord;
 use crate::metrics::Metrics;
 
-/// How often a ready host writes its heartbeat.
+/// How often a host writes its heartbeat.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
 /// Hosts not seen for this long are forgotten.
@@ -21,16 +23,12 @@ const FORGET_AFTER: Duration = Duration::from_secs(7 * 86_400);
 
 impl Host {
     pub(super) async fn heartbeat(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut was_ready = false;
         loop {
             let ready = self.health.readiness().ready;
-            if (ready || was_ready)
-                && let Err(e) = self.beat(ready).await
-            {
+            if let Err(e) = self.beat(ready).await {
                 Metrics::inc(&self.metrics.store_errors);
                 tracing::warn!("heartbeat: {e}");
             }
-            was_ready = ready;
             if sleep_or_stop(HEARTBEAT_EVERY, &mut stop).await {
                 break;
             }

@@ -115,7 +115,8 @@
     ms = Math.abs(ms);
     if (ms < 1000) return `${dec1.format(ms)} ms`;
     const sec = ms / 1000;
-    if (sec < 60) return `${dec2.format(sec)} s`;
+    if (sec < 10) return `${dec2.format(sec)} s`;
+    if (sec < 60) return `${Math.round(sec)} s`;
     const m = Math.floor(sec / 60), ss = Math.floor(sec % 60);
     if (m < 60) return ss ? `${m}m ${ss}s` : `${m}m`;
     const hh = Math.floor(m / 60), mm = m % 60;
@@ -156,6 +157,14 @@
       class: "rel", datetime: iso, "data-t": t,
       title: `${dateTimeFmt.format(t)} (${iso})`,
     }, rel(t));
+  }
+
+  /** An absolute local time, with the relative one beside it. */
+  function absWhen(iso) {
+    const t = parseTime(iso);
+    if (!Number.isFinite(t)) return h("span", { class: "muted" }, "—");
+    return h("span", null, h("span", { title: iso }, dateTimeFmt.format(t)), " ",
+      h("time", { class: "rel muted small", datetime: iso, "data-t": t }, rel(t)));
   }
 
   /** Refreshes the text of every relative time on the page. */
@@ -693,14 +702,16 @@
     if (!canAct()) return null;
     const btn = h("button", { type: "button", class: `btn btn-small ${cls}`.trim(), "data-testid": testid, "data-key": key, title }, label);
     btn.addEventListener("click", async () => {
-      btn.disabled = true;
+      // Busy, not disabled: a disabled button would drop the keyboard focus.
+      if (btn.getAttribute("aria-disabled") === "true") return;
+      btn.setAttribute("aria-disabled", "true");
       btn.setAttribute("aria-busy", "true");
       try {
         await run(btn);
       } catch (e) {
         if (!(e instanceof Stale)) toastError(`${what} failed`, e);
       } finally {
-        btn.disabled = false;
+        btn.removeAttribute("aria-disabled");
         btn.removeAttribute("aria-busy");
       }
     });
@@ -753,11 +764,34 @@
       h("div", { class: "grid-2" }, plugins.el, h("div", { class: "stack" }, hosts.el, attention.el)));
     counts.append(loading("Counting jobs…"));
 
+    let lastStats = null, lastPlugins = null, lastEventAt = 0;
+    let soonStats = () => {};
+    // Breakers, pauses and rejected files: from the plugins and the stats' queues.
+    const drawAttention = () => {
+      if (!lastPlugins) return;
+      keepFocus(attention.body, () => attention.body.replaceChildren(attentionList(lastPlugins, lastStats ? lastStats.queues : [])));
+    };
+    const loadPlugins = async () => {
+      try {
+        lastPlugins = await view.api("/api/plugins");
+        drawAttention();
+      } catch (e) {
+        if (e instanceof Stale) throw e;
+        attention.body.replaceChildren(errorBox("Could not load breakers and pauses", e, () => loadPlugins()));
+      }
+    };
     const drawStats = async () => {
       try {
         const st = await view.api("/api/stats");
+        lastStats = st;
+        // The counts are cached on the host (about a second): if they
+        // predate the latest event, ask again shortly.
+        if (lastEventAt && !(parseTime(st.counts_at) >= lastEventAt)) {
+          view.timers.push(setTimeout(() => { if (view.alive) soonStats(); }, 1100));
+        }
         keepFocus(counts, () => drawCounts(counts, st));
         drawKpis(kpis, st);
+        drawAttention();
       } catch (e) {
         if (e instanceof Stale) throw e;
         counts.replaceChildren(errorBox("Could not load the job counts", e, () => drawStats()));
@@ -785,16 +819,7 @@
         hosts.body.replaceChildren(errorBox("Could not load the hosts", e, () => drawHosts()));
       }
     };
-    const drawAttention = async () => {
-      try {
-        const [p, q] = await Promise.all([view.api("/api/plugins"), view.api("/api/queues")]);
-        keepFocus(attention.body, () => attention.body.replaceChildren(attentionList(p, q)));
-      } catch (e) {
-        if (e instanceof Stale) throw e;
-        attention.body.replaceChildren(errorBox("Could not load breakers and pauses", e, () => drawAttention()));
-      }
-    };
-    const refreshAll = () => Promise.allSettled([drawStats(), drawThroughput(), drawHosts(), drawAttention()]);
+    const refreshAll = () => Promise.allSettled([drawStats(), drawThroughput(), drawHosts(), loadPlugins()]);
     let lastTp = null;
     const onResize = debounce(() => {
       if (!view.alive) { window.removeEventListener("resize", onResize); return; }
@@ -802,17 +827,22 @@
     }, 200);
     window.addEventListener("resize", onResize);
 
-    await Promise.allSettled([drawStats(), drawThroughput(), drawHosts(), drawAttention()]);
+    await refreshAll();
     if (!view.alive) return;
     setReady(view);
 
-    const soonStats = throttle(() => drawStats().catch(() => {}), 2000);
+    soonStats = throttle(() => drawStats().catch(() => {}), 1000);
     const soonSlow = throttle(() => {
       drawThroughput().catch(() => {});
       drawHosts().catch(() => {});
-      drawAttention().catch(() => {});
+      loadPlugins().catch(() => {});
     }, 10_000);
-    view.onEvent = () => { soonStats(); soonSlow(); };
+    view.onEvent = (ev) => {
+      const t = parseTime(ev.at);
+      if (t > lastEventAt) lastEventAt = t;
+      soonStats();
+      soonSlow();
+    };
     view.onLagged = () => { soonStats(); soonSlow(); };
   }
 
@@ -836,9 +866,19 @@
       kpi("Outbox backlog", `${num(o.pending)} pending`, h("span", null,
         o.failed ? a("/outbox?state=failed", `${num(o.failed)} failed`) : "0 failed", ` · ${num(o.delivered)} delivered`),
         o.failed > 0 ? "kpi-warn" : ""),
-      kpi("In flight on this host", num(st.in_flight), `${st.host}${st.ready ? "" : " · not ready"}`, st.ready ? "" : "kpi-bad"),
+      kpi("In flight on this host", num(st.in_flight), notReady(st), st.ready ? "" : "kpi-warn"),
       kpi("Schedules", num(st.schedules ? st.schedules.fired : 0),
         st.schedules ? `fired · ${num(st.schedules.missed)} missed · ${num(st.schedules.skipped)} skipped` : ""));
+  }
+
+  /** The host's name, and why it is not ready if it is not. */
+  function notReady(st) {
+    if (st.ready) return st.host;
+    const stale = (st.loops || []).filter((l) => !l.fresh).map((l) => l.name);
+    const el = h("span", { class: "text-bad" }, `not ready${stale.length ? `: ${stale.join(", ")} stale` : ""}`);
+    const why = (st.loops || []).filter((l) => !l.fresh && l.last_error).map((l) => `${l.name}: ${l.last_error}`);
+    if (why.length) el.title = why.join("\n");
+    return h("span", null, `${st.host} · `, el);
   }
 
   /** Nice upper bound for an axis: 1, 2, 5 × 10^n. */
@@ -1086,12 +1126,13 @@
       footer.replaceChildren();
       const shown = h("span", { class: "muted" }, `${num(st.rows.size)} job${st.rows.size === 1 ? "" : "s"} shown`);
       if (!st.cursor) {
-        if (st.rows.size) footer.append(shown, h("span", { class: "muted" }, " · end of the list"));
+        if (st.rows.size) shown.append(" · end of the list");
+        footer.append(shown);
         return;
       }
       if (st.searchedTo != null) {
-        footer.append(shown, h("span", { class: "muted", "data-testid": "searched-to" },
-          ` · searched down to job #${num(st.searchedTo)}`));
+        shown.append(" · ", h("span", { "data-testid": "searched-to" }, `searched down to job #${num(st.searchedTo)}`));
+        footer.append(shown);
       } else {
         footer.append(shown);
       }
@@ -1145,20 +1186,64 @@
     }
     setReady(view);
 
-    // Live: update visible rows; count new jobs instead of jumping.
+    // Live: visible rows follow their job's events. New jobs are added at
+    // the top while the reader is at the top of the page; further down,
+    // a banner counts them instead of moving the rows under the reader.
     const unknowable = !!(f.queue || f.concurrency_key || f.text);
-    function drawBanner() {
+    const atTop = () => window.scrollY < 80;
+    function matching() {
       let n = 0;
       for (const state of st.newIds.values()) if (!f.state || state === f.state) n++;
+      return n;
+    }
+    function drawBanner() {
+      const n = matching();
       if (!n) { banner.hidden = true; return; }
       banner.hidden = false;
       const show = h("button", { type: "button", class: "btn btn-small btn-primary", "data-testid": "show-new" }, "Show");
-      show.addEventListener("click", () => navigate(location.pathname + location.search, { replace: true }));
+      show.addEventListener("click", () => {
+        window.scrollTo({ top: 0 });
+        addNew(true);
+      });
       banner.replaceChildren(
         h("span", null, `${num(n)} new job${n === 1 ? "" : "s"}${unknowable ? " (some may not match the filter)" : ""}`),
         show);
     }
-    const drawBannerSoon = throttle(drawBanner, 500);
+    /** Fetches the newest jobs of the filter and puts those not shown yet at the top. */
+    async function addNew(force = false) {
+      if (!matching() && !force) { st.newIds.clear(); drawBanner(); return; }
+      if (!force && (!atTop() || st.newIds.size > 200)) { drawBanner(); return; }
+      const want = Math.min(200, Math.max(PAGE_SIZE, st.newIds.size + 10));
+      st.newIds.clear();
+      let page;
+      try {
+        page = await view.api("/api/jobs", { query: { ...f, limit: want } });
+      } catch (e) {
+        if (!(e instanceof Stale)) toastError("Loading the new jobs failed", e);
+        return;
+      }
+      const fresh = page.jobs.filter((j) => j.id > st.topId && !st.rows.has(j.id)).sort((x, y) => y.id - x.id);
+      if (fresh.length) {
+        const frag = document.createDocumentFragment();
+        for (const j of fresh) {
+          const tr = jobRow(j);
+          tr.classList.add("flash");
+          st.rows.set(j.id, { tr, job: j });
+          frag.append(tr);
+        }
+        st.topId = Math.max(st.topId, fresh[0].id);
+        tbody.prepend(frag);
+        if (!tableEl.isConnected) listBox.replaceChildren(h("div", { class: "table-wrap" }, tableEl));
+        drawFooter();
+      }
+      drawBanner();
+    }
+    const addNewSoon = throttle(() => addNew().catch(() => {}), 1000);
+    const onScroll = () => {
+      if (!view.alive) { window.removeEventListener("scroll", onScroll); return; }
+      if (st.newIds.size && atTop()) addNewSoon();
+    };
+    window.addEventListener("scroll", onScroll, { passive: true });
     view.onEvent = (ev) => {
       const row = st.rows.get(ev.id);
       if (row) {
@@ -1167,7 +1252,7 @@
       }
       if (ev.id > st.topId && (!f.kind || f.kind === ev.kind)) {
         st.newIds.set(ev.id, ev.state);
-        drawBannerSoon();
+        addNewSoon();
       }
     };
     view.onLagged = () => {
@@ -1489,7 +1574,7 @@
         await api(`/api/schedules/${encodeURIComponent(sc.id)}/resume`, { method: "POST" });
         toast(`Schedule ${sc.id} resumed: its next fire is computed from now.`);
         refresh();
-      }, { testid: "schedule-resume", key: `resume-${sc.id}`, what: "Resuming" }));
+      }, { testid: "schedule-resume", key: `toggle-${sc.id}`, what: "Resuming" }));
     } else {
       out.push(actionBtn("Pause…", async () => {
         const r = await confirmDialog({
@@ -1501,7 +1586,7 @@
         await api(`/api/schedules/${encodeURIComponent(sc.id)}/pause`, { method: "POST", body: { note: r.note } });
         toast(`Schedule ${sc.id} paused.`);
         refresh();
-      }, { testid: "schedule-pause", key: `pause-${sc.id}`, what: "Pausing" }));
+      }, { testid: "schedule-pause", key: `toggle-${sc.id}`, what: "Pausing" }));
     }
     out.push(actionBtn("Trigger now", async () => {
       const r = await api(`/api/schedules/${encodeURIComponent(sc.id)}/trigger`, { method: "POST" });
@@ -1613,8 +1698,7 @@
       const upcoming = (sc.upcoming || []).length
         ? table([{ label: "#", cls: "num" }, { label: "Nominal time" }, { label: "Job inserted at (with jitter)" }],
           sc.upcoming.map((u, i) => h("tr", null, numCell(i + 1),
-            td(h("span", null, when(u.nominal), h("span", { class: "muted small" }, ` ${u.nominal}`))),
-            td(when(u.run_at)))), { cls: "compact" })
+            td(absWhen(u.nominal)), td(absWhen(u.run_at)))), { cls: "compact" })
         : h("p", { class: "muted" }, sc.paused ? "Paused: no upcoming fires." : "No upcoming fires.");
       keepFocus(box, () => box.replaceChildren(
         h("div", { class: "grid-2" },
@@ -1640,7 +1724,7 @@
         await api(`/api/plugins/${encodeURIComponent(kind)}/resume`, { method: "POST" });
         toast(`Plugin ${kind} resumed.`);
         refresh();
-      }, { testid: "plugin-resume", key: `resume-${kind}`, what: "Resuming" }));
+      }, { testid: "plugin-resume", key: `toggle-${kind}`, what: "Resuming" }));
     } else {
       out.push(actionBtn("Pause…", async () => {
         const r = await confirmDialog({
@@ -1652,7 +1736,7 @@
         await api(`/api/plugins/${encodeURIComponent(kind)}/pause`, { method: "POST", body: { note: r.note } });
         toast(`Plugin ${kind} paused.`);
         refresh();
-      }, { testid: "plugin-pause", key: `pause-${kind}`, what: "Pausing" }));
+      }, { testid: "plugin-pause", key: `toggle-${kind}`, what: "Pausing" }));
     }
     if (breaker && breaker.state !== "closed") {
       out.push(actionBtn("Reset breaker", async () => {
@@ -1686,10 +1770,14 @@
       ["Max output", bytes(st.max_output)],
       ["Max payload", bytes(st.max_payload)],
       ["Concurrency", num(st.concurrency)],
-      ["Retry", `${r.max_attempts} attempts, backoff ${r.base} → ${r.max}, jitter ${pct(r.jitter)}`],
+    ], "kv kv-tight");
+    const policy = dl([
+      ["Retry", `${r.max_attempts} attempts`],
+      ["Backoff", `${r.base} → ${r.max}, jitter ${pct(r.jitter)}`],
       ["Max conflicts", num(st.max_conflicts)],
       ["Rate limit", st.rate ? `${num(st.rate.count)} per ${st.rate.period}, burst ${num(st.rate.burst)}` : h("span", { class: "muted" }, "unlimited")],
-      ["Breaker policy", st.breaker ? `${st.breaker.failures} failures within ${st.breaker.window} open it for ${st.breaker.cooldown}` : h("span", { class: "muted" }, "off")],
+      ["Breaker", st.breaker ? h("span", { title: `Counted outcomes: ${(st.breaker.outcomes || []).join(", ")}` },
+        `opens after ${st.breaker.failures} failures in ${st.breaker.window}, for ${st.breaker.cooldown}`) : h("span", { class: "muted" }, "off")],
       ["Recording", `${st.record ? "every attempt" : "failed attempts"}, up to ${bytes(st.record_max)}`],
     ], "kv kv-tight");
     const status = [];
@@ -1713,7 +1801,10 @@
         h("div", { class: "page-actions" }, pluginActions(p.kind, p.paused, b, refresh))),
       h("div", { class: "panel-body" },
         status,
-        h("div", { class: "grid-2 tight" }, h("div", null, h("h3", null, "Limits and policy"), limits), h("div", null, h("h3", null, "Grants"), grantsView(st.grants || {}))),
+        h("div", { class: "grid-3" },
+          h("div", null, h("h3", null, "Limits"), limits),
+          h("div", null, h("h3", null, "Policy"), policy),
+          h("div", null, h("h3", null, "Grants"), grantsView(st.grants || {}))),
         h("p", { class: "muted small hash" }, "content ", h("code", { title: p.content_hash }, shortHash(p.content_hash)),
           " · ", h("code", { class: "break" }, p.path))));
   }
@@ -1803,7 +1894,7 @@
             await api(`/api/queues/${encodeURIComponent(q.queue)}/resume`, { method: "POST" });
             toast(`Queue ${q.queue} resumed.`);
             draw();
-          }, { testid: "queue-resume", key: `resume-${q.queue}`, what: "Resuming" })
+          }, { testid: "queue-resume", key: `toggle-${q.queue}`, what: "Resuming" })
           : actionBtn("Pause…", async () => {
             const r = await confirmDialog({
               title: `Pause queue ${q.queue}?`,
@@ -1814,7 +1905,7 @@
             await api(`/api/queues/${encodeURIComponent(q.queue)}/pause`, { method: "POST", body: { note: r.note } });
             toast(`Queue ${q.queue} paused.`);
             draw();
-          }, { testid: "queue-pause", key: `pause-${q.queue}`, what: "Pausing" });
+          }, { testid: "queue-pause", key: `toggle-${q.queue}`, what: "Pausing" });
         return h("tr", { "data-queue": q.queue, "data-paused": paused ? "true" : "false", class: paused ? "row-paused" : null },
           td(a(`/jobs?queue=${encodeURIComponent(q.queue)}`, q.queue), { class: "mono" }),
           STATES.map(countCell),

@@ -188,8 +188,9 @@ pub(super) fn filter_sql(filter: &JobFilter) -> (String, Args) {
     let mut cond = String::from("TRUE");
     let mut args: Args = Vec::new();
     if let Some(state) = filter.state {
-        args.push(Box::new(state.as_str()));
-        cond.push_str(&format!(" AND state = ${}", args.len()));
+        // A literal (one of six names), not a parameter: the planner can
+        // then use the partial indexes whose condition names the state.
+        cond.push_str(&format!(" AND state = '{}'", state.as_str()));
     }
     for (column, value) in [
         ("kind", &filter.kind),

@@ -78,8 +78,9 @@ pub(super) fn filter_sql(filter: &JobFilter) -> (String, Vec<Value>) {
     let mut cond = String::from("1 = 1");
     let mut args: Vec<Value> = Vec::new();
     if let Some(state) = filter.state {
-        cond.push_str(" AND state = ?");
-        args.push(Value::Text(state.as_str().to_owned()));
+        // A literal (one of six names), not a parameter: the planner can
+        // then use the partial indexes whose condition names the state.
+        cond.push_str(&format!(" AND state = '{}'", state.as_str()));
     }
     for (column, value) in [
         ("kind", &filter.kind),

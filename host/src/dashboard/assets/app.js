@@ -29,6 +29,8 @@
   const PAGE_SIZE = 50;
   /** Follow-up requests a text search makes on its own before asking. */
   const AUTO_SEARCH_ROUNDS = 8;
+  // How long a listing keeps searching older windows before it draws.
+  const SEARCH_BUDGET_MS = 120;
   /** A host whose heartbeat is older than this is shown as stale. */
   const STALE_HOST_MS = 15_000;
   const NAV = [
@@ -1096,11 +1098,16 @@
       h("thead", null, h("tr", null, JOB_COLS.map((c) => h("th", { scope: "col", class: c.cls || null, title: c.title || null }, c.label)))),
       tbody);
 
-    /** Fetches pages until `want` jobs arrived, the list ended, or the rounds ran out. */
+    /**
+     * Fetches pages until `want` jobs arrived, the list ended, or the rounds
+     * or the time budget ran out (a filter no index serves is searched one
+     * window of ids per call: the page stays usable, "Search older" goes on).
+     */
     async function fetchMore(cursor, want, rounds) {
       const got = [];
       let next = cursor, searched = null;
-      for (let i = 0; i < rounds; i++) {
+      const began = performance.now();
+      for (let i = 0; i < rounds && (i === 0 || performance.now() - began < SEARCH_BUDGET_MS); i++) {
         const page = await view.api("/api/jobs", { query: { ...f, limit: want - got.length, cursor: next } });
         got.push(...page.jobs);
         next = page.next_cursor;

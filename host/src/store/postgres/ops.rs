@@ -917,6 +917,7 @@ mod tests {
                 last_seen: Timestamp(seen),
                 ready: true,
                 in_flight: 3,
+                minutes: (seen == 100).then(|| format!("[\"{id}\"]")),
             };
             store
                 .heartbeat(host("old", 10), Timestamp(0))
@@ -931,6 +932,11 @@ mod tests {
             let ids: Vec<&str> = hosts.iter().map(|h| h.id.as_str()).collect();
             assert_eq!(ids, ["a", "b"]);
             assert_eq!((hosts[0].ready, hosts[0].in_flight), (true, 3));
+            assert_eq!(hosts[0].minutes.as_deref(), Some(r#"["a"]"#));
+            // A beat without minutes keeps the ones written last.
+            store.heartbeat(host("a", 120), Timestamp(50)).await.unwrap();
+            let hosts = store.hosts().await.unwrap();
+            assert_eq!(hosts[0].minutes.as_deref(), Some(r#"["a"]"#));
             store.close().await.unwrap();
         });
     }

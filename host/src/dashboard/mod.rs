@@ -83,7 +83,14 @@ async fn index(headers: HeaderMap) -> Response {
 async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
     match ASSETS.iter().find(|a| a.name == name) {
         Some(a) => serve(a, &headers),
-        None => crate::api::ApiError::not_found(format!("no asset {name:?}")).into_response(),
+        // The API's error shape, without depending on the API.
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({
+                "error": { "code": "not_found", "message": format!("no asset {name:?}") }
+            })),
+        )
+            .into_response(),
     }
 }
 

@@ -8,15 +8,15 @@ use std::time::Duration;
 
 use jobbox::health::HostRecord;
 use jobbox::job::{
-    Enqueued, ExpiredLease, Fence, Fenced, Finish, JobFilter, JobId, JobRecord, JobState, KvEntry,
-    NewJob, Transition,
+    Enqueued, ExpiredLease, Fence, Fenced, Finish, JobAction, JobFilter, JobId, JobRecord,
+    JobState, KvEntry, NewJob, Transition,
 };
 use jobbox::outbox::{ClaimedEvent, Delivery, EventRecord, EventState};
 use jobbox::policy::{BreakerRecord, BreakerState, PauseRecord, PauseScope};
 use jobbox::schedule::{ApplyReport, FireOutcome, ScheduleFire, ScheduleRecord, ScheduleUpsert};
 use jobbox::store::{
-    Bulk, ClaimRequest, Claimed, CleanReport, CleanRequest, EventCounts, FinishOutcome, QueueStats,
-    StateCounts, Store, StoreError, StoreFuture,
+    Bulk, ClaimRequest, Claimed, CleanReport, CleanRequest, EventCounts, FinishOutcome, JobEffects,
+    QueueStats, StateCounts, Store, StoreError, StoreFuture,
 };
 use jobbox::time::Timestamp;
 
@@ -107,6 +107,18 @@ impl Store for Faulty {
 
     fn list_jobs(&self, filter: JobFilter) -> StoreFuture<'_, Vec<JobRecord>> {
         self.inner.list_jobs(filter)
+    }
+
+    fn count_jobs(&self, filter: JobFilter, action: Option<JobAction>) -> StoreFuture<'_, u64> {
+        self.inner.count_jobs(filter, action)
+    }
+
+    fn last_job_id(&self) -> StoreFuture<'_, Option<JobId>> {
+        self.inner.last_job_id()
+    }
+
+    fn job_effects(&self, id: JobId) -> StoreFuture<'_, JobEffects> {
+        self.inner.job_effects(id)
     }
 
     fn counts(&self) -> StoreFuture<'_, StateCounts> {

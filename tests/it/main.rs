@@ -14,6 +14,7 @@ mod api;
 mod authoring;
 mod binary;
 mod cli;
+mod dashboard;
 mod faulty;
 mod http;
 mod kv;

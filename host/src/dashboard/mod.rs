@@ -96,10 +96,10 @@ async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
 
 /// The asset's body: from `JOBBOX_DASHBOARD_DIR` if set, else embedded.
 fn body(asset: &Asset) -> Cow<'static, str> {
-    if let Some(dir) = std::env::var_os("JOBBOX_DASHBOARD_DIR") {
-        if let Ok(s) = std::fs::read_to_string(PathBuf::from(dir).join(asset.name)) {
-            return Cow::Owned(s);
-        }
+    if let Some(dir) = std::env::var_os("JOBBOX_DASHBOARD_DIR")
+        && let Ok(s) = std::fs::read_to_string(PathBuf::from(dir).join(asset.name))
+    {
+        return Cow::Owned(s);
     }
     Cow::Borrowed(asset.body)
 }

@@ -207,6 +207,21 @@ fn job_filter(
             return Err(ApiError::invalid("text: at most 200 bytes"));
         }
     }
+    // A NUL is refused: PostgreSQL refuses one in a parameter (which
+    // answered 500), and SQLite's LIKE stops at it (`%\0%` matched every
+    // job). No kind, queue, key or JSON payload holds one.
+    for (name, value) in [
+        ("kind", &kind),
+        ("queue", &queue),
+        ("concurrency_key", &concurrency_key),
+        ("text", &text),
+    ] {
+        if value.as_deref().is_some_and(|v| v.contains('\0')) {
+            return Err(ApiError::invalid(format!(
+                "{name}: must not contain a NUL character"
+            )));
+        }
+    }
     Ok(JobFilter {
         state,
         kind,

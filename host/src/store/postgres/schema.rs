@@ -192,8 +192,8 @@ const MIGRATIONS: &[&str] = &[
     );
 
     CREATE INDEX outbox_job ON outbox (job_id);
-    CREATE INDEX jobs_failed_id ON jobs (state, id)
-        WHERE state IN ('discarded', 'cancelled');
+    CREATE INDEX jobs_discarded ON jobs (id) WHERE state = 'discarded';
+    CREATE INDEX jobs_cancelled ON jobs (id) WHERE state = 'cancelled';
 
     ALTER TABLE hosts ADD COLUMN minutes TEXT;
     "#,

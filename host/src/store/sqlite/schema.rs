@@ -246,9 +246,11 @@ const MIGRATIONS: &[&str] = &[
 
     CREATE INDEX outbox_job ON outbox (job_id);
 
-    -- Listing failed jobs newest first (the operator's most common filter).
-    CREATE INDEX jobs_failed_id ON jobs (state, id)
-        WHERE state IN ('discarded', 'cancelled');
+    -- Listing and counting failed jobs (the operators' most common
+    -- filters). One index per state: a query naming one state can use an
+    -- index whose condition is that state, not one naming several.
+    CREATE INDEX jobs_discarded ON jobs (id) WHERE state = 'discarded';
+    CREATE INDEX jobs_cancelled ON jobs (id) WHERE state = 'cancelled';
 
     -- The host's attempts per minute and plugin over the last hour (JSON),
     -- written with its heartbeat.

@@ -244,7 +244,10 @@ mod tests {
             let d = Duration::from_micros(us);
             let upper = bucket_upper_ms(bucket(d));
             assert!(upper * 1000.0 >= us as f64, "{us}µs above {upper}ms");
-            assert!(upper * 1000.0 <= us as f64 * 1.19 + 1.0, "{us}µs: {upper}ms");
+            assert!(
+                upper * 1000.0 <= us as f64 * 1.19 + 1.0,
+                "{us}µs: {upper}ms"
+            );
         }
     }
 
@@ -254,9 +257,19 @@ mod tests {
         let mut a = Minutes::default();
         let mut b = Minutes::default();
         for _ in 0..98 {
-            a.record("echo", AttemptOutcome::Completed, Duration::from_millis(2), now);
+            a.record(
+                "echo",
+                AttemptOutcome::Completed,
+                Duration::from_millis(2),
+                now,
+            );
         }
-        a.record("echo", AttemptOutcome::Trap, Duration::from_millis(900), now);
+        a.record(
+            "echo",
+            AttemptOutcome::Trap,
+            Duration::from_millis(900),
+            now,
+        );
         a.record("echo", AttemptOutcome::HostShutdown, Duration::ZERO, now);
         b.record("echo", AttemptOutcome::Timeout, Duration::from_secs(5), now);
         b.record(
@@ -281,12 +294,18 @@ mod tests {
         assert_eq!((last.succeeded, last.failed), (98, 2));
         assert_eq!(t.minutes[58].succeeded, 1);
         let echo = &t.plugins[0];
-        assert_eq!((echo.plugin.as_str(), echo.succeeded, echo.failed), ("echo", 98, 2));
+        assert_eq!(
+            (echo.plugin.as_str(), echo.succeeded, echo.failed),
+            ("echo", 98, 2)
+        );
         assert!((echo.success_rate.unwrap() - 0.98).abs() < 1e-9);
         let p50 = echo.p50_ms.unwrap();
         assert!((2.0..2.4).contains(&p50), "p50 {p50}");
         let p99 = echo.p99_ms.unwrap();
         assert!((900.0..1100.0).contains(&p99), "p99 {p99}");
-        assert_eq!(t.plugins[1].succeeded, 1, "the 2-hour-old minute is not counted");
+        assert_eq!(
+            t.plugins[1].succeeded, 1,
+            "the 2-hour-old minute is not counted"
+        );
     }
 }

@@ -17,6 +17,9 @@ use tower::ServiceExt;
 use crate::faulty::Faulty;
 use crate::support::{Harness, Running, job, wait_until};
 
+/// The routes the dashboard reads, and its pages.
+mod overview;
+
 const TOKEN: &str = "s3cret-token-for-tests";
 
 /// The API of one host, called in process (`oneshot`), with or without the

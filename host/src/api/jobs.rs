@@ -290,7 +290,8 @@ pub async fn list(
     let (next_cursor, searched_to) = match filter.from {
         Some(from) if !more => (Some(from.to_string()), Some(from)),
         _ => (
-            more.then(|| jobs.last().map(|j| j.id.to_string())).flatten(),
+            more.then(|| jobs.last().map(|j| j.id.to_string()))
+                .flatten(),
             None,
         ),
     };

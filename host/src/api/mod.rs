@@ -159,8 +159,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     if state.config.dashboard {
         app = app.merge(crate::dashboard::routes());
     }
-    app
-        .fallback(not_found)
+    app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body))
         .with_state(state)

@@ -178,25 +178,12 @@ pub async fn queues(State(state): State<Arc<ApiState>>) -> Result<Json<Vec<Queue
     let host = &state.host;
     let cached = state.metrics.cached(host).await;
     let pauses = host.store().pauses().await?;
-    let mut queues: std::collections::BTreeMap<String, QueueStats> = cached
+    let by_queue = cached
         .queues
         .into_iter()
-        .map(|mut q| {
-            q.paused = None;
-            (q.queue.clone(), q)
-        })
+        .map(|q| (q.queue.clone(), q))
         .collect();
-    for p in pauses.into_iter().filter(|p| p.scope == PauseScope::Queue) {
-        let name = p.name.clone();
-        queues
-            .entry(name.clone())
-            .or_insert_with(|| QueueStats {
-                queue: name,
-                ..QueueStats::default()
-            })
-            .paused = Some(p);
-    }
-    Ok(Json(queues.into_values().collect()))
+    Ok(Json(QueueStats::with_pauses(by_queue, pauses)))
 }
 
 /// `POST /api/queues/{queue}/pause`.

@@ -22,7 +22,7 @@ use axum::body::Bytes;
 use hyper::{Method, StatusCode};
 use serde::Serialize;
 
-use super::{BenchArgs, Percentiles, fill_with, host_on, sqlite, sqlite_of};
+use super::{BenchArgs, Percentiles, fill_with, host_on, plugin_copies, sqlite, sqlite_of};
 use crate::api::ApiConfig;
 use crate::api::client::Client;
 use crate::config::Config;
@@ -321,20 +321,10 @@ pub async fn observe(
     rows: usize,
 ) -> anyhow::Result<ObserveReport> {
     let mut config = config.clone();
-    let source = config
-        .host
-        .plugins_dir
-        .join(format!("{}.wasm", args.plugin));
-    let plugin_dir = dir.join("plugins");
-    std::fs::create_dir_all(&plugin_dir)?;
     let kinds: Vec<String> = (0..plugins)
         .map(|i| format!("{}-{i:02}", args.plugin))
         .collect();
-    for kind in &kinds {
-        std::fs::copy(&source, plugin_dir.join(format!("{kind}.wasm")))
-            .with_context(|| format!("copying {}", source.display()))?;
-    }
-    config.host.plugins_dir = plugin_dir;
+    plugin_copies(&mut config, &args.plugin, dir, &kinds)?;
     sqlite(&mut config).path = dir.join("observe.db");
 
     // The jobs wait a day, in four queues, over every kind: the counts

@@ -67,18 +67,8 @@ pub async fn dashboard(
     rows: usize,
 ) -> anyhow::Result<DashboardReport> {
     let mut config = config.clone();
-    let source = config
-        .host
-        .plugins_dir
-        .join(format!("{}.wasm", args.plugin));
-    let plugin_dir = dir.join("plugins");
-    std::fs::create_dir_all(&plugin_dir)?;
     let kinds: Vec<String> = (0..8).map(|i| format!("{}-{i}", args.plugin)).collect();
-    for kind in &kinds {
-        std::fs::copy(&source, plugin_dir.join(format!("{kind}.wasm")))
-            .with_context(|| format!("copying {}", source.display()))?;
-    }
-    config.host.plugins_dir = plugin_dir;
+    super::plugin_copies(&mut config, &args.plugin, dir, &kinds)?;
     let db = dir.join("dashboard.db");
     sqlite(&mut config).path = db.clone();
 
@@ -92,7 +82,11 @@ pub async fn dashboard(
         concurrency_limit: (i % 10 == 0).then_some(1),
         ..NewJob::new(
             &kinds[i % kinds.len()],
-            &format!(r#"{{"order":"ord-{i}","customer":"cust-{}","cents":{}}}"#, i % 5000, i % 997),
+            &format!(
+                r#"{{"order":"ord-{i}","customer":"cust-{}","cents":{}}}"#,
+                i % 5000,
+                i % 997
+            ),
         )
         .expect("a valid job")
     })
@@ -118,7 +112,10 @@ pub async fn dashboard(
         )
         .await?;
     if !status.is_success() {
-        bail!("enqueueing the live jobs: {}", crate::api::client::error_of(status, &body));
+        bail!(
+            "enqueueing the live jobs: {}",
+            crate::api::client::error_of(status, &body)
+        );
     }
 
     let discarded = first_id(&mut client, "/api/jobs?state=discarded&limit=1").await?;
@@ -240,7 +237,10 @@ fn pages(job: i64, kind: &str) -> Vec<Page> {
         page(
             "job detail",
             &format!("/jobs/{job}"),
-            &[&format!("/api/jobs/{job}"), &format!("/api/jobs/{job}/effects")],
+            &[
+                &format!("/api/jobs/{job}"),
+                &format!("/api/jobs/{job}/effects"),
+            ],
         ),
         page("schedules", "/schedules", &["/api/schedules"]),
         page("plugins", "/plugins", &["/api/plugins"]),
@@ -343,7 +343,10 @@ async fn browser_times(
         let v: Vec<Duration> = line
             .split_whitespace()
             .skip(1)
-            .map(|ms| ms.parse::<f64>().map(|ms| Duration::from_secs_f64(ms / 1000.0)))
+            .map(|ms| {
+                ms.parse::<f64>()
+                    .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+            })
             .collect::<Result<_, _>>()
             .context("reading the browser's timings")?;
         times.push(CallTimes {

@@ -307,9 +307,8 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
                     c.name, c.ms.p50, c.ms.p99, c.ms.max
                 )
             };
-            let block = |v: &[dashboard::CallTimes]| {
-                v.iter().map(line).collect::<Vec<_>>().join("\n")
-            };
+            let block =
+                |v: &[dashboard::CallTimes]| v.iter().map(line).collect::<Vec<_>>().join("\n");
             format!(
                 "dashboard ({} jobs in the database, {} rounds)\neach API call alone:\n{}\neach page's calls at once:\n{}\neach page in headless Chromium, navigation to data drawn:\n{}",
                 r.jobs_in_database,
@@ -725,6 +724,25 @@ async fn fill(store: &dyn Store, args: &BenchArgs, payload: &str) -> anyhow::Res
 
 /// Inserts `n` jobs made by `make(i)` in batches; returns the seconds it
 /// took.
+/// Installs `plugin` (from the configured plugins directory) under each
+/// of `kinds` in `dir/plugins`, and points `config` there.
+fn plugin_copies(
+    config: &mut Config,
+    plugin: &str,
+    dir: &std::path::Path,
+    kinds: &[String],
+) -> anyhow::Result<()> {
+    let source = config.host.plugins_dir.join(format!("{plugin}.wasm"));
+    let plugin_dir = dir.join("plugins");
+    std::fs::create_dir_all(&plugin_dir)?;
+    for kind in kinds {
+        std::fs::copy(&source, plugin_dir.join(format!("{kind}.wasm")))
+            .with_context(|| format!("copying {}", source.display()))?;
+    }
+    config.host.plugins_dir = plugin_dir;
+    Ok(())
+}
+
 async fn fill_with(
     store: &dyn Store,
     n: usize,

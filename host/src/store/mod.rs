@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::job::{
-    AttemptOutcome, ClaimedJob, Enqueued, ExpiredLease, Fence, Fenced, Finish, JobAction, JobFilter,
-    JobId, JobRecord, JobState, KvEntry, NewJob, Transition,
+    AttemptOutcome, ClaimedJob, Enqueued, ExpiredLease, Fence, Fenced, Finish, JobAction,
+    JobFilter, JobId, JobRecord, JobState, KvEntry, NewJob, Transition,
 };
 use crate::outbox::{ClaimedEvent, Delivery, EventRecord, EventState};
 use crate::policy::{
@@ -242,6 +242,30 @@ pub struct QueueStats {
     /// When the oldest due available or retryable job became due.
     pub oldest_due: Option<Timestamp>,
     pub paused: Option<PauseRecord>,
+}
+
+impl QueueStats {
+    /// The queues of `by_queue` with the queue pauses among `pauses` (and
+    /// a row for each paused queue that has no jobs), in name order.
+    pub fn with_pauses(
+        mut by_queue: std::collections::BTreeMap<String, QueueStats>,
+        pauses: Vec<PauseRecord>,
+    ) -> Vec<QueueStats> {
+        for q in by_queue.values_mut() {
+            q.paused = None;
+        }
+        for p in pauses.into_iter().filter(|p| p.scope == PauseScope::Queue) {
+            let name = p.name.clone();
+            by_queue
+                .entry(name.clone())
+                .or_insert_with(|| QueueStats {
+                    queue: name,
+                    ..QueueStats::default()
+                })
+                .paused = Some(p);
+        }
+        by_queue.into_values().collect()
+    }
 }
 
 /// What the cleaner may delete: everything finished (or compacted) before

@@ -52,12 +52,12 @@ use postgres::{Client, NoTls, Row, Statement};
 use tokio::sync::{oneshot, watch};
 
 use super::{
-    Bulk, ClaimRequest, Claimed, CleanReport, CleanRequest, EventCounts, FinishOutcome, JobEffects, QueueStats,
-    StateCounts, Store, StoreError, StoreFuture,
+    Bulk, ClaimRequest, Claimed, CleanReport, CleanRequest, EventCounts, FinishOutcome, JobEffects,
+    QueueStats, StateCounts, Store, StoreError, StoreFuture,
 };
 use crate::job::{
-    Enqueued, ExpiredLease, Fence, Fenced, Finish, JobAction, JobFilter, JobId, JobRecord, JobState, KvEntry,
-    NewJob, Transition,
+    Enqueued, ExpiredLease, Fence, Fenced, Finish, JobAction, JobFilter, JobId, JobRecord,
+    JobState, KvEntry, NewJob, Transition,
 };
 use crate::outbox::{ClaimedEvent, Delivery, EventRecord, EventState};
 use crate::policy::{BreakerRecord, BreakerState, PauseRecord, PauseScope};

@@ -934,7 +934,10 @@ mod tests {
             assert_eq!((hosts[0].ready, hosts[0].in_flight), (true, 3));
             assert_eq!(hosts[0].minutes.as_deref(), Some(r#"["a"]"#));
             // A beat without minutes keeps the ones written last.
-            store.heartbeat(host("a", 120), Timestamp(50)).await.unwrap();
+            store
+                .heartbeat(host("a", 120), Timestamp(50))
+                .await
+                .unwrap();
             let hosts = store.hosts().await.unwrap();
             assert_eq!(hosts[0].minutes.as_deref(), Some(r#"["a"]"#));
             store.close().await.unwrap();

@@ -23,10 +23,8 @@ use crate::job::{
     effective_idempotency_key,
 };
 use crate::outbox::{EventRecord, EventState};
-use crate::policy::{BreakerRecord, PauseRecord, PauseScope};
-use crate::store::{
-    EventCounts, JobEffects, KvWriteRecord, QueueStats, StateCounts, StoreError,
-};
+use crate::policy::{BreakerRecord, PauseRecord};
+use crate::store::{EventCounts, JobEffects, KvWriteRecord, QueueStats, StateCounts, StoreError};
 use crate::time::Timestamp;
 
 /// The columns [`job_record`] reads, in order (a macro, so that the
@@ -442,19 +440,7 @@ pub(super) fn queues(c: &mut Conn, now: Timestamp) -> Result<Vec<QueueStats>> {
             q.oldest_due = Some(q.oldest_due.map_or(Timestamp(t), |o| o.min(Timestamp(t))));
         }
     }
-    for p in pauses(c)? {
-        if p.scope == PauseScope::Queue {
-            let name = p.name.clone();
-            by_queue
-                .entry(name.clone())
-                .or_insert_with(|| QueueStats {
-                    queue: name,
-                    ..QueueStats::default()
-                })
-                .paused = Some(p);
-        }
-    }
-    Ok(by_queue.into_values().collect())
+    Ok(QueueStats::with_pauses(by_queue, pauses(c)?))
 }
 
 pub(super) fn hosts(c: &mut Conn) -> Result<Vec<crate::health::HostRecord>> {

@@ -25,12 +25,12 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use super::{
-    Bulk, ClaimRequest, Claimed, CleanReport, CleanRequest, FinishOutcome, JobEffects, QueueStats, StateCounts,
-    Store, StoreError, StoreFuture,
+    Bulk, ClaimRequest, Claimed, CleanReport, CleanRequest, FinishOutcome, JobEffects, QueueStats,
+    StateCounts, Store, StoreError, StoreFuture,
 };
 use crate::job::{
-    Enqueued, ExpiredLease, Fence, Fenced, Finish, JobAction, JobFilter, JobId, JobRecord, JobState, KvEntry,
-    NewJob, Transition,
+    Enqueued, ExpiredLease, Fence, Fenced, Finish, JobAction, JobFilter, JobId, JobRecord,
+    JobState, KvEntry, NewJob, Transition,
 };
 use crate::outbox::{ClaimedEvent, Delivery, EventRecord, EventState};
 use crate::policy::{BreakerRecord, BreakerState, PauseRecord, PauseScope};

@@ -156,19 +156,7 @@ pub(super) fn queues(conn: &Connection, now: Timestamp) -> Result<Vec<QueueStats
             q.oldest_due = Some(q.oldest_due.map_or(Timestamp(t), |o| o.min(Timestamp(t))));
         }
     }
-    for p in pauses(conn)? {
-        if p.scope == crate::policy::PauseScope::Queue {
-            let name = p.name.clone();
-            by_queue
-                .entry(name.clone())
-                .or_insert_with(|| QueueStats {
-                    queue: name,
-                    ..QueueStats::default()
-                })
-                .paused = Some(p);
-        }
-    }
-    Ok(by_queue.into_values().collect())
+    Ok(QueueStats::with_pauses(by_queue, pauses(conn)?))
 }
 
 pub(super) fn hosts(conn: &Connection) -> Result<Vec<crate::health::HostRecord>> {

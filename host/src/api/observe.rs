@@ -707,31 +707,81 @@ pub async fn stats(State(state): State<Arc<ApiState>>) -> Json<Stats> {
 
 /// `GET /api/events`: server-sent events of job state changes on this host
 /// (`event: job`, its `id` the event's `seq`); `event: lagged` says how
-/// many events a slow reader missed. Ends when the server shuts down.
+/// many events a slow reader missed; `event: outside` (at most one a
+/// second) says that other hosts or processes sharing the database
+/// committed changes this host did not announce (PostgreSQL only; data
+/// `{"version": n}`), so a reader refreshes what it shows. Ends when the
+/// server shuts down.
 pub async fn events(
     State(state): State<Arc<ApiState>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let rx = state.host.subscribe();
-    let closing = state.closing.subscribe();
-    let stream = futures_util::stream::unfold((rx, closing), |(mut rx, mut closing)| async move {
-        if *closing.borrow() {
-            return None;
+    struct Follow {
+        rx: tokio::sync::broadcast::Receiver<crate::job::JobEvent>,
+        closing: tokio::sync::watch::Receiver<bool>,
+        outside: Option<tokio::sync::watch::Receiver<u64>>,
+        /// When the next `outside` event may go (one is waiting).
+        outside_due: Option<tokio::time::Instant>,
+        outside_sent: Option<tokio::time::Instant>,
+    }
+    let follow = Follow {
+        rx: state.host.subscribe(),
+        closing: state.closing.subscribe(),
+        outside: state.host.store().outside_changes(),
+        outside_due: None,
+        outside_sent: None,
+    };
+    let stream = futures_util::stream::unfold(follow, |mut f| async move {
+        loop {
+            if *f.closing.borrow() {
+                return None;
+            }
+            let event = tokio::select! {
+                r = f.rx.recv() => match r {
+                    Ok(ev) => Event::default()
+                        .event("job")
+                        .id(ev.seq.to_string())
+                        .json_data(&ev)
+                        .unwrap_or_else(|_| Event::default().comment("unencodable event")),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Event::default()
+                        .event("lagged")
+                        .data(format!("{{\"missed\":{n}}}")),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = f.closing.wait_for(|c| *c) => return None,
+                changed = async {
+                    match f.outside.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                }, if f.outside_due.is_none() => {
+                    if changed.is_err() {
+                        f.outside = None;
+                    } else {
+                        let now = tokio::time::Instant::now();
+                        let next = f.outside_sent.map_or(now, |t| t + OUTSIDE_EVERY);
+                        f.outside_due = Some(next.max(now));
+                    }
+                    continue;
+                }
+                () = async {
+                    match f.outside_due {
+                        Some(due) => tokio::time::sleep_until(due).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    f.outside_due = None;
+                    f.outside_sent = Some(tokio::time::Instant::now());
+                    let version = f.outside.as_mut().map_or(0, |rx| *rx.borrow_and_update());
+                    Event::default()
+                        .event("outside")
+                        .data(format!("{{\"version\":{version}}}"))
+                }
+            };
+            return Some((Ok(event), f));
         }
-        let event = tokio::select! {
-            r = rx.recv() => match r {
-                Ok(ev) => Event::default()
-                    .event("job")
-                    .id(ev.seq.to_string())
-                    .json_data(&ev)
-                    .unwrap_or_else(|_| Event::default().comment("unencodable event")),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Event::default()
-                    .event("lagged")
-                    .data(format!("{{\"missed\":{n}}}")),
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            },
-            _ = closing.wait_for(|c| *c) => return None,
-        };
-        Some((Ok(event), (rx, closing)))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
+
+/// The least time between two `outside` events of one stream.
+const OUTSIDE_EVERY: Duration = Duration::from_secs(1);

@@ -910,3 +910,82 @@ async fn the_dashboard_is_served_without_the_token_and_holds_no_data() {
     }
     assert_eq!(bare.get("/api/info").await.status, StatusCode::OK);
 }
+
+/// What another host commits reaches this host's event stream as
+/// `event: outside` (PostgreSQL's notifications), at most once a second,
+/// so that a dashboard served by one host follows the others' work too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_hosts_commits_reach_the_event_stream_at_most_once_a_second() {
+    if backend() != Backend::Postgres {
+        crate::support::say_skipped(
+            "PostgreSQL only (other hosts' commits are heard by LISTEN/NOTIFY): runs in the postgres pass",
+        );
+        return;
+    }
+    let h = Harness::new(&[], "");
+    let a = h.store();
+    let a_ref = &a;
+    wait_until(Duration::from_secs(5), "store A to listen", || async move {
+        a_ref.outside_version().await.unwrap()
+    })
+    .await;
+    let api = Api::with_token(h.host());
+    let req = Request::get("/api/events")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let mut body = api.router.clone().oneshot(req).await.unwrap().into_body();
+    let other = h.open_store();
+    // Another host commits ten times over about two seconds.
+    let writer = tokio::spawn(async move {
+        for i in 0..10 {
+            other
+                .enqueue(
+                    vec![job("echo", &format!(r#"{{"i":{i}}}"#))],
+                    jobbox::time::Timestamp(1),
+                )
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let started = tokio::time::Instant::now();
+    let mut outside = Vec::new();
+    let mut buf = String::new();
+    let until = started + Duration::from_millis(3500);
+    while let Ok(frame) = tokio::time::timeout_at(until, body.frame()).await {
+        let Some(Ok(frame)) = frame else { break };
+        if let Ok(data) = frame.into_data() {
+            buf.push_str(&String::from_utf8_lossy(&data));
+        }
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            if block.contains("event: outside") {
+                let data = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .unwrap();
+                let v: Value = serde_json::from_str(data).unwrap();
+                assert!(v["version"].as_u64().is_some(), "{block}");
+                outside.push(started.elapsed());
+            }
+        }
+    }
+    writer.await.unwrap();
+    assert!(
+        !outside.is_empty(),
+        "no outside event in 3.5 s of another host's commits"
+    );
+    // Ten commits, but at most one event a second.
+    assert!(
+        outside.len() <= 4,
+        "{} outside events: {outside:?}",
+        outside.len()
+    );
+    for w in outside.windows(2) {
+        assert!(
+            w[1] - w[0] >= Duration::from_millis(950),
+            "outside events closer than a second: {outside:?}"
+        );
+    }
+}

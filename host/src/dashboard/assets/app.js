@@ -436,6 +436,13 @@
     try {
       if (event === "job" && v.onEvent) v.onEvent(payload);
       else if (event === "lagged" && v.onLagged) v.onLagged(payload);
+      // Other hosts on the database committed changes (at most once a
+      // second): views refresh as after missed events, but the jobs list,
+      // which would only say it may be out of date, has its own handler.
+      else if (event === "outside") {
+        const refresh = v.onOutside || (v.name === "jobs" ? null : v.onLagged);
+        if (refresh) refresh(payload);
+      }
     } catch (e) {
       console.error("jobbox: event handler failed", e);
     }
@@ -555,7 +562,7 @@
     const ctrl = new AbortController();
     const view = {
       name, alive: true, ready: false, ctrl, signal: ctrl.signal, timers: [],
-      onEvent: null, onLagged: null,
+      onEvent: null, onLagged: null, onOutside: null,
       /** api() bound to this view: resolves only while it is alive. */
       async api(path, opts = {}) {
         const r = await api(path, { ...opts, signal: opts.method && opts.method !== "GET" ? undefined : ctrl.signal });
@@ -1262,6 +1269,23 @@
         addNewSoon();
       }
     };
+    // Other hosts' changes: the newest rows shown are read again (their
+    // states move in place) and new jobs are offered as for this host's.
+    view.onOutside = throttle(async () => {
+      const want = Math.min(200, Math.max(PAGE_SIZE, st.rows.size));
+      let page;
+      try {
+        page = await view.api("/api/jobs", { query: { ...f, limit: want } });
+      } catch {
+        return;
+      }
+      for (const j of page.jobs) {
+        const row = st.rows.get(j.id);
+        if (row && row.job.state !== j.state) updateJobRow(row, j, f);
+        else if (!row && j.id > st.topId) st.newIds.set(j.id, j.state);
+      }
+      if (st.newIds.size) addNewSoon();
+    }, 1000);
     view.onLagged = () => {
       banner.hidden = false;
       const show = h("button", { type: "button", class: "btn btn-small btn-primary" }, "Reload");

@@ -72,6 +72,11 @@ pub enum JobsCommand {
 pub async fn main(config: &Config, cmd: JobsCommand) -> anyhow::Result<()> {
     if let JobsCommand::Watch { json } = cmd {
         return super::remote::events(config, "/api/events", |name, data| {
+            // Other hosts' commits, announced without their jobs: nothing
+            // to show line by line.
+            if name == "outside" {
+                return Ok(());
+            }
             if json {
                 outln!("{data}")?;
             } else if name == "lagged" {

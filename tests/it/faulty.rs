@@ -117,7 +117,7 @@ impl Store for Faulty {
         self.inner.last_job_id()
     }
 
-    fn job_effects(&self, id: JobId) -> StoreFuture<'_, JobEffects> {
+    fn job_effects(&self, id: JobId) -> StoreFuture<'_, Option<JobEffects>> {
         self.inner.job_effects(id)
     }
 

@@ -284,10 +284,11 @@ pub async fn list(
             filter.from = Some(from);
         }
     }
-    let mut jobs = store.list_jobs(filter.clone()).await?;
+    let from = filter.from;
+    let mut jobs = store.list_jobs(filter).await?;
     let more = jobs.len() > limit as usize;
     jobs.truncate(limit as usize);
-    let (next_cursor, searched_to) = match filter.from {
+    let (next_cursor, searched_to) = match from {
         Some(from) if !more => (Some(from.to_string()), Some(from)),
         _ => (
             more.then(|| jobs.last().map(|j| j.id.to_string()))
@@ -377,11 +378,13 @@ pub async fn effects(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobEffects>, ApiError> {
     let id = job_id(&id)?;
-    let store = state.host.store();
-    if store.job(id).await?.is_none() {
-        return Err(ApiError::not_found(format!("job {id} not found")));
-    }
-    Ok(Json(store.job_effects(id).await?))
+    state
+        .host
+        .store()
+        .job_effects(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))
 }
 
 /// A job's new state after an operator's action.

@@ -94,14 +94,36 @@ async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
     }
 }
 
-/// The asset's body: from `JOBBOX_DASHBOARD_DIR` if set, else embedded.
-fn body(asset: &Asset) -> Cow<'static, str> {
+/// The asset's body and ETag: from `JOBBOX_DASHBOARD_DIR` if set (hashed
+/// at each request, as the file may change), else embedded (hashed once).
+fn body(asset: &'static Asset) -> (Cow<'static, str>, String) {
     if let Some(dir) = std::env::var_os("JOBBOX_DASHBOARD_DIR")
         && let Ok(s) = std::fs::read_to_string(PathBuf::from(dir).join(asset.name))
     {
-        return Cow::Owned(s);
+        let etag = etag_of(&s);
+        return (Cow::Owned(s), etag);
     }
-    Cow::Borrowed(asset.body)
+    static EMBEDDED: std::sync::LazyLock<Vec<(&'static str, String)>> =
+        std::sync::LazyLock::new(|| {
+            std::iter::once(&INDEX)
+                .chain(ASSETS)
+                .map(|a| (a.name, etag_of(a.body)))
+                .collect()
+        });
+    let etag = EMBEDDED
+        .iter()
+        .find(|(name, _)| *name == asset.name)
+        .map(|(_, e)| e.clone())
+        .unwrap_or_else(|| etag_of(asset.body));
+    (Cow::Borrowed(asset.body), etag)
+}
+
+/// A strong ETag: the first 8 bytes of the body's SHA-256, in hex.
+fn etag_of(body: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(body.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
 }
 
 /// The content security policy of every page: its own scripts, styles and
@@ -111,11 +133,8 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 
 /// Serves an asset, revalidated on every load by its hash (so a new build
 /// is never served stale, and an unchanged one costs a 304).
-fn serve(asset: &Asset, headers: &HeaderMap) -> Response {
-    use sha2::Digest;
-    let body = body(asset);
-    let digest = sha2::Sha256::digest(body.as_bytes());
-    let etag = format!("\"{}\"", hex16(&digest));
+fn serve(asset: &'static Asset, headers: &HeaderMap) -> Response {
+    let (body, etag) = body(asset);
     let mut response = if headers
         .get(header::IF_NONE_MATCH)
         .is_some_and(|v| v.as_bytes() == etag.as_bytes())
@@ -150,8 +169,4 @@ fn serve(asset: &Asset, headers: &HeaderMap) -> Response {
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     response
-}
-
-fn hex16(bytes: &[u8]) -> String {
-    bytes[..8].iter().map(|b| format!("{b:02x}")).collect()
 }

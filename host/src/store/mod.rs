@@ -414,8 +414,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The highest job id, if there are jobs.
     fn last_job_id(&self) -> StoreFuture<'_, Option<JobId>>;
 
-    /// The kv writes and outbox events job `id` committed.
-    fn job_effects(&self, id: JobId) -> StoreFuture<'_, JobEffects>;
+    /// The kv writes and outbox events job `id` committed (`None`: no such
+    /// job).
+    fn job_effects(&self, id: JobId) -> StoreFuture<'_, Option<JobEffects>>;
 
     /// How many jobs are in each state.
     fn counts(&self) -> StoreFuture<'_, StateCounts>;

@@ -669,7 +669,7 @@ impl Store for PgStore {
         self.read(read::last_job_id)
     }
 
-    fn job_effects(&self, id: JobId) -> StoreFuture<'_, JobEffects> {
+    fn job_effects(&self, id: JobId) -> StoreFuture<'_, Option<JobEffects>> {
         self.read(move |c| read::job_effects(c, id))
     }
 

@@ -300,8 +300,14 @@ pub(super) fn list_events(
         .collect()
 }
 
-/// What job `id` committed: its kv writes and its outbox events.
-pub(super) fn job_effects(c: &mut Conn, id: JobId) -> Result<JobEffects> {
+/// What job `id` committed: its kv writes and its outbox events (`None`:
+/// no such job).
+pub(super) fn job_effects(c: &mut Conn, id: JobId) -> Result<Option<JobEffects>> {
+    if c.query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&id])?
+        .is_none()
+    {
+        return Ok(None);
+    }
     let kv_writes = c
         .query(SELECT_KV_WRITES, &[&id])?
         .iter()
@@ -320,7 +326,7 @@ pub(super) fn job_effects(c: &mut Conn, id: JobId) -> Result<JobEffects> {
         .iter()
         .map(event_record)
         .collect::<Result<_>>()?;
-    Ok(JobEffects { kv_writes, events })
+    Ok(Some(JobEffects { kv_writes, events }))
 }
 
 /// How many jobs match `filter` (and, with `action`, could be moved by it).

@@ -274,7 +274,7 @@ impl Store for SqliteStore {
         self.read(read::last_job_id)
     }
 
-    fn job_effects(&self, id: JobId) -> StoreFuture<'_, JobEffects> {
+    fn job_effects(&self, id: JobId) -> StoreFuture<'_, Option<JobEffects>> {
         self.read(move |c| read::job_effects(c, id))
     }
 

@@ -378,8 +378,15 @@ fn event_record(r: &Row<'_>) -> rusqlite::Result<EventRecord> {
     })
 }
 
-/// What job `id` committed: its kv writes and its outbox events.
-pub(super) fn job_effects(conn: &Connection, id: JobId) -> Result<JobEffects> {
+/// What job `id` committed: its kv writes and its outbox events (`None`:
+/// no such job).
+pub(super) fn job_effects(conn: &Connection, id: JobId) -> Result<Option<JobEffects>> {
+    let exists = conn
+        .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?
+        .exists([id])?;
+    if !exists {
+        return Ok(None);
+    }
     let kv_writes = conn
         .prepare_cached(sql::SELECT_KV_WRITES)?
         .query_map([id], |r| {
@@ -400,7 +407,7 @@ pub(super) fn job_effects(conn: &Connection, id: JobId) -> Result<JobEffects> {
         .prepare_cached(&q)?
         .query_map([id], event_record)?
         .collect::<rusqlite::Result<_>>()?;
-    Ok(JobEffects { kv_writes, events })
+    Ok(Some(JobEffects { kv_writes, events }))
 }
 
 /// How many jobs match `filter` (and, with `action`, could be moved by it).

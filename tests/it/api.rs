@@ -9,7 +9,7 @@ use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use jobbox::api::{ApiConfig, ApiState, ROUTES, router};
 use jobbox::executor::Host;
-use jobbox::job::JobState;
+use jobbox::job::{JobId, JobState};
 use jobbox::store::Store;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -861,57 +861,168 @@ async fn metrics_count_outcomes_per_plugin_and_parse_as_openmetrics() {
     running.stop().await;
 }
 
+/// The `event: job` frames of an open `/api/events` stream.
+struct JobEvents {
+    body: Body,
+    buf: String,
+    events: Vec<Value>,
+}
+
+impl JobEvents {
+    async fn open(api: &Api) -> JobEvents {
+        let req = Request::get("/api/events")
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .body(Body::empty())
+            .unwrap();
+        let res = api.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "text/event-stream");
+        JobEvents {
+            body: res.into_body(),
+            buf: String::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Reads events until `done` holds of all read so far (10 s at most).
+    async fn until(&mut self, what: &str, done: impl Fn(&[Value]) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done(&self.events) {
+            let frame = tokio::time::timeout_at(deadline, self.body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("{what}: timed out; read {:?}", self.events))
+                .unwrap()
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                self.buf.push_str(&String::from_utf8_lossy(&data));
+            }
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                if !block.contains("event: job") {
+                    continue;
+                }
+                let data = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .unwrap();
+                self.events.push(serde_json::from_str(data).unwrap());
+            }
+        }
+    }
+
+    /// Job `id`'s states, in the order they arrived.
+    fn states(&self, id: JobId) -> Vec<&str> {
+        self.events
+            .iter()
+            .filter(|e| e["id"] == id)
+            .map(|e| e["state"].as_str().unwrap())
+            .collect()
+    }
+
+    /// How many events say job `id` reached `state`.
+    fn count(events: &[Value], id: JobId, state: &str) -> usize {
+        events
+            .iter()
+            .filter(|e| e["id"] == id && e["state"] == state)
+            .count()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_delivers_state_changes_in_order() {
     let h = Harness::new(&["echo"], "[host]\npoll_interval = \"20ms\"\n");
     let running = h.start();
     let api = Api::with_token(Arc::clone(&running.host));
-    let req = Request::get("/api/events")
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-        .body(Body::empty())
-        .unwrap();
-    let res = api.router.clone().oneshot(req).await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(res.headers()[header::CONTENT_TYPE], "text/event-stream");
-    let mut body = res.into_body();
+    let mut stream = JobEvents::open(&api).await;
     let ids = running
         .enqueue(vec![job("echo", r#"{"i": 1}"#), job("echo", r#"{"i": 2}"#)])
         .await;
-    let mut events: Vec<Value> = Vec::new();
-    let mut buf = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while events.iter().filter(|e| e["state"] == "completed").count() < 2 {
-        let frame = tokio::time::timeout_at(deadline, body.frame())
-            .await
-            .expect("events in time")
-            .unwrap()
-            .unwrap();
-        if let Ok(data) = frame.into_data() {
-            buf.push_str(&String::from_utf8_lossy(&data));
-        }
-        while let Some(end) = buf.find("\n\n") {
-            let block: String = buf.drain(..end + 2).collect();
-            if !block.contains("event: job") {
-                continue;
-            }
-            let data = block
-                .lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .unwrap();
-            events.push(serde_json::from_str(data).unwrap());
-        }
-    }
+    stream
+        .until("both jobs completed", |events| {
+            ids.iter()
+                .all(|id| JobEvents::count(events, *id, "completed") == 1)
+        })
+        .await;
     running.stop().await;
     // Sequence numbers rise by one; each job goes available, running,
     // completed, in that order.
-    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = stream
+        .events
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
     for id in ids {
-        let states: Vec<&str> = events
-            .iter()
-            .filter(|e| e["id"] == id)
-            .map(|e| e["state"].as_str().unwrap())
-            .collect();
-        assert_eq!(states, ["available", "running", "completed"], "job {id}");
+        assert_eq!(
+            stream.states(id),
+            ["available", "running", "completed"],
+            "job {id}"
+        );
     }
+}
+
+/// A claim's event never overtakes the event of the change that made the
+/// job claimable, even when that change's commit is answered late: the
+/// store holds the answer until the producer has claimed the job, and the
+/// producer waits to publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_is_published_after_the_enqueue_or_retry_that_made_it_claimable() {
+    let h = Harness::new(&["echo"], "[host]\npoll_interval = \"10ms\"\n");
+    let (faulty, host) = faulty_host(&h);
+    let api = Api::with_token(Arc::clone(&host));
+    let running = Running::start(Arc::clone(&host));
+    let mut stream = JobEvents::open(&api).await;
+
+    // An enqueue answered late: the job is claimed (and done) before the
+    // enqueue returns; its events still come in its order.
+    Faulty::set(&faulty.slow_answers, true);
+    let enqueued = running.enqueue_one(job("echo", r#"{"i": 1}"#)).await;
+    assert_ne!(
+        h.job(enqueued).await.state,
+        JobState::Available,
+        "claimed before the enqueue answered"
+    );
+
+    // A retry answered late, through the API.
+    Faulty::set(&faulty.slow_answers, false);
+    let mut later = job("echo", r#"{"i": 2}"#);
+    later.run_at = Some(h.clock.now().plus(Duration::from_secs(3600)));
+    let retried = running.enqueue_one(later).await;
+    let r = api
+        .post(&format!("/api/jobs/{retried}/cancel"), json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    Faulty::set(&faulty.slow_answers, true);
+    let r = api
+        .post(&format!("/api/jobs/{retried}/retry"), json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_ne!(
+        h.job(retried).await.state,
+        JobState::Available,
+        "claimed before the retry answered"
+    );
+
+    stream
+        .until("both jobs completed", |events| {
+            [enqueued, retried]
+                .iter()
+                .all(|id| JobEvents::count(events, *id, "completed") == 1)
+        })
+        .await;
+    running.stop().await;
+    assert_eq!(
+        stream.states(enqueued),
+        ["available", "running", "completed"]
+    );
+    assert_eq!(
+        stream.states(retried),
+        [
+            "available",
+            "cancelled",
+            "available",
+            "running",
+            "completed"
+        ]
+    );
 }

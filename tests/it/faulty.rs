@@ -3,7 +3,7 @@
 //! would.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use jobbox::health::HostRecord;
@@ -28,7 +28,15 @@ pub struct Faulty {
     pub claims: AtomicBool,
     /// Lease renewals fail.
     pub leases: AtomicBool,
+    /// Enqueues and retries answer late, as over a slow network: once a
+    /// claim took a job after they committed (or after [`SLOW_ANSWER`]).
+    pub slow_answers: AtomicBool,
+    /// Jobs claims have taken.
+    claimed: AtomicU64,
 }
+
+/// The latest a slow answer comes.
+pub const SLOW_ANSWER: Duration = Duration::from_secs(5);
 
 impl Faulty {
     pub fn new(inner: Arc<dyn Store>) -> Arc<Faulty> {
@@ -36,11 +44,30 @@ impl Faulty {
             inner,
             claims: AtomicBool::new(false),
             leases: AtomicBool::new(false),
+            slow_answers: AtomicBool::new(false),
+            claimed: AtomicU64::new(0),
         })
     }
 
     pub fn set(flag: &AtomicBool, on: bool) {
         flag.store(on, Ordering::SeqCst);
+    }
+
+    /// `op`'s answer, late if answers are slow.
+    fn answer<'a, T: Send + 'a>(&'a self, op: StoreFuture<'a, T>) -> StoreFuture<'a, T> {
+        Box::pin(async move {
+            let before = self.claimed.load(Ordering::SeqCst);
+            let out = op.await;
+            if self.slow_answers.load(Ordering::SeqCst) {
+                let deadline = tokio::time::Instant::now() + SLOW_ANSWER;
+                while self.claimed.load(Ordering::SeqCst) == before
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            out
+        })
     }
 }
 
@@ -51,14 +78,19 @@ fn broken<T: Send + 'static>() -> StoreFuture<'static, T> {
 #[allow(unused_variables, reason = "generated delegation")]
 impl Store for Faulty {
     fn enqueue(&self, jobs: Vec<NewJob>, now: Timestamp) -> StoreFuture<'_, Vec<Enqueued>> {
-        self.inner.enqueue(jobs, now)
+        self.answer(self.inner.enqueue(jobs, now))
     }
 
     fn claim(&self, req: ClaimRequest) -> StoreFuture<'_, Claimed> {
         if self.claims.load(Ordering::SeqCst) {
             return broken();
         }
-        self.inner.claim(req)
+        Box::pin(async move {
+            let claimed = self.inner.claim(req).await?;
+            self.claimed
+                .fetch_add(claimed.jobs.len() as u64, Ordering::SeqCst);
+            Ok(claimed)
+        })
     }
 
     fn finish(&self, finish: Finish) -> StoreFuture<'_, FinishOutcome> {
@@ -86,7 +118,7 @@ impl Store for Faulty {
     }
 
     fn retry_job(&self, id: JobId, now: Timestamp) -> StoreFuture<'_, JobState> {
-        self.inner.retry_job(id, now)
+        self.answer(self.inner.retry_job(id, now))
     }
 
     fn cancel_job(&self, id: JobId, now: Timestamp) -> StoreFuture<'_, JobState> {
@@ -94,7 +126,7 @@ impl Store for Faulty {
     }
 
     fn retry_jobs(&self, filter: JobFilter, limit: u32, now: Timestamp) -> StoreFuture<'_, Bulk> {
-        self.inner.retry_jobs(filter, limit, now)
+        self.answer(self.inner.retry_jobs(filter, limit, now))
     }
 
     fn cancel_jobs(&self, filter: JobFilter, limit: u32, now: Timestamp) -> StoreFuture<'_, Bulk> {

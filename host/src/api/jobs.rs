@@ -401,9 +401,11 @@ pub async fn retry(
 ) -> Result<Json<Moved>, ApiError> {
     let id = job_id(&id)?;
     let host = &state.host;
+    let ordered = host.ordering_events().await;
     let new = host.store().retry_job(id, host.clock().now()).await?;
     host.wake_producer();
-    announce(&state, id).await;
+    announce(&state, id, new).await;
+    drop(ordered);
     Ok(Json(Moved { id, state: new }))
 }
 
@@ -415,16 +417,21 @@ pub async fn cancel(
     let id = job_id(&id)?;
     let host = &state.host;
     let new = host.store().cancel_job(id, host.clock().now()).await?;
-    announce(&state, id).await;
+    announce(&state, id, new).await;
     Ok(Json(Moved { id, state: new }))
 }
 
-/// Publishes a job's state after an operator's action.
-async fn announce(state: &ApiState, id: JobId) {
+/// Publishes a job's new state after an operator's action. The job is
+/// read again for its kind; if it moved on since (a retried job claimed),
+/// the claim publishes that, and this event carries no attempt.
+async fn announce(state: &ApiState, id: JobId, new: JobState) {
     if let Ok(Some(j)) = state.host.store().job(id).await {
-        state
-            .host
-            .publish(j.id, &j.kind, j.state, j.attempt, j.epoch, None);
+        let (attempt, epoch) = if j.state == new {
+            (j.attempt, j.epoch)
+        } else {
+            (0, 0)
+        };
+        state.host.publish(j.id, &j.kind, new, attempt, epoch, None);
     }
 }
 
@@ -480,6 +487,7 @@ async fn bulk(
     filter.state = req.state;
     let host = &state.host;
     let now = host.clock().now();
+    let ordered = host.ordering_events().await;
     let done = if retry {
         host.store().retry_jobs(filter, limit, now).await?
     } else {
@@ -488,6 +496,7 @@ async fn bulk(
     for (id, kind, new) in &done.changed {
         host.publish(*id, kind, *new, 0, 0, None);
     }
+    drop(ordered);
     if retry && !done.changed.is_empty() {
         host.wake_producer();
     }

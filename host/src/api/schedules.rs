@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiState};
 use crate::admin;
-use crate::job::JobId;
+use crate::job::{JobId, JobState};
 use crate::schedule::{RawSchedule, ScheduleRecord, rfc3339, validate_id};
 
 /// `GET /api/schedules`.
@@ -215,6 +215,7 @@ pub async fn trigger(
 ) -> Result<(StatusCode, Json<Triggered>), ApiError> {
     let id = id_of(&id)?;
     let host = &state.host;
+    let ordered = host.ordering_events().await;
     let e = admin::trigger_schedule(
         host.store().as_ref(),
         host.config(),
@@ -224,9 +225,10 @@ pub async fn trigger(
     .await?;
     host.wake_producer();
     let job = host.store().job(e.id).await?;
-    if let Some(j) = &job {
-        host.publish(j.id, &j.kind, j.state, 0, 0, None);
+    if let (Some(j), true) = (&job, e.created) {
+        host.publish(j.id, &j.kind, JobState::Available, 0, 0, None);
     }
+    drop(ordered);
     Ok((
         StatusCode::CREATED,
         Json(Triggered {

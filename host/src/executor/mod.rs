@@ -107,6 +107,9 @@ pub struct Host {
     events: tokio::sync::broadcast::Sender<JobEvent>,
     /// The `seq` of the next event.
     event_seq: std::sync::atomic::AtomicU64,
+    /// Keeps each job's events in the order of its transitions (see
+    /// [`Host::ordering_events`]).
+    event_order: tokio::sync::RwLock<()>,
     /// Declared last so that it drops after the plugins: it owns the
     /// epoch ticker.
     sandbox: Sandbox,
@@ -191,6 +194,7 @@ impl Host {
             started,
             events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
             event_seq: std::sync::atomic::AtomicU64::new(1),
+            event_order: tokio::sync::RwLock::new(()),
             sandbox,
         })
     }
@@ -283,8 +287,11 @@ impl Host {
             }
         }
         drop(warned);
-        // Only with a subscriber: the kinds of the jobs for their events.
-        let kinds: Option<Vec<String>> = (self.events.receiver_count() > 0)
+        // Only with a subscriber: the kinds of the jobs for their events,
+        // published before any claim of them is.
+        let ordered = self.ordering_events().await;
+        let kinds: Option<Vec<String>> = ordered
+            .is_some()
             .then(|| jobs.iter().map(|j| j.kind.clone()).collect());
         let now = self.clock.now();
         for run_at in jobs.iter().filter_map(|j| j.run_at).filter(|t| *t > now) {
@@ -296,8 +303,23 @@ impl Host {
                 self.publish(e.id, kind, JobState::Available, 0, 0, None);
             }
         }
+        drop(ordered);
         self.wake.notify_one();
         Ok(out)
+    }
+
+    /// Held by whoever makes jobs claimable (an enqueue, a retry, a
+    /// trigger) from before its write until it has published the jobs'
+    /// events. The producer waits for every holder before it publishes its
+    /// claims: the holder wrote first, or the producer could not have
+    /// claimed the job, so a claim's `running` never reaches a subscriber
+    /// ahead of the `available` before it. `None` with no subscriber:
+    /// nothing is published, so there is nothing to order.
+    pub async fn ordering_events(&self) -> Option<tokio::sync::RwLockReadGuard<'_, ()>> {
+        if self.events.receiver_count() == 0 {
+            return None;
+        }
+        Some(self.event_order.read().await)
     }
 
     /// Job state changes from now on: enqueues, claims and outcomes of
@@ -482,6 +504,11 @@ impl Host {
                             sleep = sleep.min(at.since(self.clock.now()));
                         }
                         self.report(Loop::Producer, started, Ok((claimed.jobs.len() as u64, 0)));
+                        if !claimed.jobs.is_empty() && self.events.receiver_count() > 0 {
+                            // Whoever made these jobs claimable publishes
+                            // first (see `ordering_events`).
+                            drop(self.event_order.write().await);
+                        }
                         for job in claimed.jobs {
                             self.publish(
                                 job.id,

@@ -9,7 +9,7 @@ use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use jobbox::api::{ApiConfig, ApiState, ROUTES, router};
 use jobbox::executor::Host;
-use jobbox::job::{JobId, JobState};
+use jobbox::job::{JobId, JobState, NewJob};
 use jobbox::store::Store;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -790,7 +790,11 @@ async fn metrics_count_outcomes_per_plugin_and_parse_as_openmetrics() {
         running
             .enqueue(vec![
                 job("fail", r#"{"mode": "permanent"}"#),
-                job("nowhere", "{}"),
+                // One attempt only: a retry would count twice.
+                NewJob {
+                    max_attempts: Some(1),
+                    ..job("nowhere", "{}")
+                },
             ])
             .await,
     );
@@ -798,16 +802,14 @@ async fn metrics_count_outcomes_per_plugin_and_parse_as_openmetrics() {
         h.wait_for_state(*id, JobState::Completed, Duration::from_secs(10))
             .await;
     }
-    h.wait_for_state(ids[3], JobState::Discarded, Duration::from_secs(10))
-        .await;
-    wait_until(
-        Duration::from_secs(10),
-        "the unknown kind's attempt",
-        || async {
-            let j = h.job(ids[4]).await;
-            (j.attempt >= 1 && j.state != JobState::Running).then_some(())
-        },
-    )
+    for id in &ids[3..] {
+        h.wait_for_state(*id, JobState::Discarded, Duration::from_secs(10))
+            .await;
+    }
+    // An attempt counts itself after its commit, before it frees its slot.
+    wait_until(Duration::from_secs(10), "no attempt in flight", || async {
+        (running.host.in_flight() == 0).then_some(())
+    })
     .await;
     // The first scrape waits for the cached counts; a later one has them.
     api.get("/metrics").await;
@@ -984,7 +986,6 @@ async fn a_claim_is_published_after_the_enqueue_or_retry_that_made_it_claimable(
     );
 
     // A retry answered late, through the API.
-    Faulty::set(&faulty.slow_answers, false);
     let mut later = job("echo", r#"{"i": 2}"#);
     later.run_at = Some(h.clock.now().plus(Duration::from_secs(3600)));
     let retried = running.enqueue_one(later).await;
@@ -1025,4 +1026,46 @@ async fn a_claim_is_published_after_the_enqueue_or_retry_that_made_it_claimable(
             "completed"
         ]
     );
+}
+
+/// The same for a retry the attempt itself made due at once: the producer
+/// claims the job again while the failed attempt's write-back is still
+/// being answered, and publishes the claim after the attempt's `retryable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_due_at_once_is_published_before_the_claim_that_follows_it() {
+    let h = Harness::new(
+        &["fail"],
+        "[host]\npoll_interval = \"10ms\"\n\
+         [plugins.fail]\nbackoff_base = \"1ms\"\nbackoff_jitter = 0.0\n",
+    );
+    let (faulty, host) = faulty_host(&h);
+    let api = Api::with_token(Arc::clone(&host));
+    let running = Running::start(Arc::clone(&host));
+    let mut stream = JobEvents::open(&api).await;
+    Faulty::set(&faulty.slow_finishes, true);
+    let id = running
+        .enqueue_one(job("fail", r#"{"mode":"succeed-on","attempt":2}"#))
+        .await;
+    stream
+        .until("the job completed", |events| {
+            JobEvents::count(events, id, "completed") == 1
+        })
+        .await;
+    running.stop().await;
+    assert_eq!(
+        stream.states(id),
+        ["available", "running", "retryable", "running", "completed"]
+    );
+    let epochs: Vec<u64> = stream
+        .events
+        .iter()
+        .map(|e| e["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(epochs, [0, 1, 1, 2, 2]);
+    // The second claim came while the first attempt's answer was held,
+    // not after the longest a slow answer waits.
+    let rec = h.job(id).await;
+    assert_eq!(rec.attempts.len(), 2);
+    let gap = rec.attempts[1].started_at.0 - rec.attempts[0].ended_at.0;
+    assert!(gap < 2000, "{gap} ms between the attempts");
 }

@@ -28,9 +28,12 @@ pub struct Faulty {
     pub claims: AtomicBool,
     /// Lease renewals fail.
     pub leases: AtomicBool,
-    /// Enqueues and retries answer late, as over a slow network: once a
-    /// claim took a job after they committed (or after [`SLOW_ANSWER`]).
+    /// The next enqueue or retry answers late, as over a slow network:
+    /// once a claim took a job after it committed (or after
+    /// [`SLOW_ANSWER`]).
     pub slow_answers: AtomicBool,
+    /// The same for the next attempt's write-back.
+    pub slow_finishes: AtomicBool,
     /// Jobs claims have taken.
     claimed: AtomicU64,
 }
@@ -45,6 +48,7 @@ impl Faulty {
             claims: AtomicBool::new(false),
             leases: AtomicBool::new(false),
             slow_answers: AtomicBool::new(false),
+            slow_finishes: AtomicBool::new(false),
             claimed: AtomicU64::new(0),
         })
     }
@@ -53,12 +57,16 @@ impl Faulty {
         flag.store(on, Ordering::SeqCst);
     }
 
-    /// `op`'s answer, late if answers are slow.
-    fn answer<'a, T: Send + 'a>(&'a self, op: StoreFuture<'a, T>) -> StoreFuture<'a, T> {
+    /// `op`'s answer, late if `slow` is set (which it clears).
+    fn answer<'a, T: Send + 'a>(
+        &'a self,
+        slow: &'a AtomicBool,
+        op: StoreFuture<'a, T>,
+    ) -> StoreFuture<'a, T> {
         Box::pin(async move {
             let before = self.claimed.load(Ordering::SeqCst);
             let out = op.await;
-            if self.slow_answers.load(Ordering::SeqCst) {
+            if slow.swap(false, Ordering::SeqCst) {
                 let deadline = tokio::time::Instant::now() + SLOW_ANSWER;
                 while self.claimed.load(Ordering::SeqCst) == before
                     && tokio::time::Instant::now() < deadline
@@ -78,7 +86,7 @@ fn broken<T: Send + 'static>() -> StoreFuture<'static, T> {
 #[allow(unused_variables, reason = "generated delegation")]
 impl Store for Faulty {
     fn enqueue(&self, jobs: Vec<NewJob>, now: Timestamp) -> StoreFuture<'_, Vec<Enqueued>> {
-        self.answer(self.inner.enqueue(jobs, now))
+        self.answer(&self.slow_answers, self.inner.enqueue(jobs, now))
     }
 
     fn claim(&self, req: ClaimRequest) -> StoreFuture<'_, Claimed> {
@@ -94,7 +102,7 @@ impl Store for Faulty {
     }
 
     fn finish(&self, finish: Finish) -> StoreFuture<'_, FinishOutcome> {
-        self.inner.finish(finish)
+        self.answer(&self.slow_finishes, self.inner.finish(finish))
     }
 
     fn extend_leases(&self, fences: Vec<Fence>, until: Timestamp) -> StoreFuture<'_, Vec<Fenced>> {
@@ -118,7 +126,7 @@ impl Store for Faulty {
     }
 
     fn retry_job(&self, id: JobId, now: Timestamp) -> StoreFuture<'_, JobState> {
-        self.answer(self.inner.retry_job(id, now))
+        self.answer(&self.slow_answers, self.inner.retry_job(id, now))
     }
 
     fn cancel_job(&self, id: JobId, now: Timestamp) -> StoreFuture<'_, JobState> {
@@ -126,7 +134,10 @@ impl Store for Faulty {
     }
 
     fn retry_jobs(&self, filter: JobFilter, limit: u32, now: Timestamp) -> StoreFuture<'_, Bulk> {
-        self.answer(self.inner.retry_jobs(filter, limit, now))
+        self.answer(
+            &self.slow_answers,
+            self.inner.retry_jobs(filter, limit, now),
+        )
     }
 
     fn cancel_jobs(&self, filter: JobFilter, limit: u32, now: Timestamp) -> StoreFuture<'_, Bulk> {

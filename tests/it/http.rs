@@ -170,9 +170,11 @@ async fn a_request_in_flight_is_aborted_at_the_deadline() {
     let requests = server.requests();
     assert_eq!(requests.len(), 1);
     let held = closed.duration_since(requests[0].at);
+    // At the 300 ms deadline (the margin is for a loaded machine), not
+    // when the server would have answered: it never does.
     assert!(
-        held < Duration::from_millis(500),
+        held < Duration::from_millis(1500),
         "the request was held {held:?}"
     );
-    assert!(closed.duration_since(started) < Duration::from_secs(2));
+    assert!(closed.duration_since(started) < Duration::from_secs(3));
 }

@@ -68,7 +68,7 @@ async fn kv_writes_of_a_stale_attempt_never_appear_while_the_new_holders_do() {
     let id = running
         .enqueue_one(job(
             "kv-stall",
-            r#"{"key":"owner","value":"stale","ms":1500}"#,
+            r#"{"key":"owner","value":"stale","ms":2500}"#,
         ))
         .await;
     h.wait_for_state(id, JobState::Running, Duration::from_secs(5))
@@ -145,7 +145,7 @@ async fn kv_writes_of_a_stale_attempt_never_appear_while_the_new_holders_do() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    tokio::time::sleep(Duration::from_millis(2600)).await;
     running.stop().await;
 
     assert_eq!(

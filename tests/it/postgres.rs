@@ -249,15 +249,15 @@ async fn another_stores_commit_wakes_this_one() {
     changes.borrow_and_update();
     let before = a.outside_version().await.unwrap().expect("listening");
 
-    // B's: a change within a second.
+    // B's: a change heard (within a second, or a few on a loaded machine).
     let sent = Instant::now();
     b.enqueue(vec![job("echo", "{}")], Timestamp(1))
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(1), changes.changed())
+    tokio::time::timeout(Duration::from_secs(5), changes.changed())
         .await
         .unwrap_or_else(|_| {
-            panic!("no change heard within 1 s of another store's commit (version {before})")
+            panic!("no change heard within 5 s of another store's commit (version {before})")
         })
         .unwrap();
     let after = a.outside_version().await.unwrap();

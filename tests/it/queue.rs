@@ -341,6 +341,11 @@ async fn cancelling_a_running_job_fences_out_its_attempt() {
     assert_eq!(rec.state, JobState::Cancelled);
     assert_eq!(rec.attempts.len(), 1);
     assert_eq!(rec.attempts[0].outcome, AttemptOutcome::Cancelled);
+    // The attempt names the host that was running it.
+    assert_eq!(
+        rec.attempts[0].host.as_deref(),
+        Some(h.config.host.worker_id.as_str())
+    );
     // Cancelling again is refused with a clear error.
     let err = h.store.cancel_job(id, Timestamp(0)).await.unwrap_err();
     assert_eq!(

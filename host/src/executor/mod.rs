@@ -105,8 +105,9 @@ pub struct Host {
     /// Job state changes this host makes or sees, for subscribers (the
     /// API's event stream). Sending with no subscriber costs nothing.
     events: tokio::sync::broadcast::Sender<JobEvent>,
-    /// The `seq` of the next event.
-    event_seq: std::sync::atomic::AtomicU64,
+    /// The `seq` of the next event. A std mutex, held while numbering and
+    /// sending one event, so that events are sent in `seq` order.
+    event_seq: Mutex<u64>,
     /// Keeps each job's events in the order of its transitions (see
     /// [`Host::ordering_events`]).
     event_order: tokio::sync::RwLock<()>,
@@ -127,6 +128,41 @@ impl std::fmt::Debug for Host {
 struct InFlight {
     attempts: HashMap<JobId, Running>,
     per_kind: HashMap<String, u32>,
+}
+
+impl InFlight {
+    /// Adds a claimed job's attempt.
+    fn add(&mut self, id: JobId, running: Running) {
+        *self.per_kind.entry(running.kind.clone()).or_default() += 1;
+        if let Some(previous) = self.attempts.insert(id, running) {
+            // The job's previous attempt here wrote back (or was fenced
+            // out) and its task has not ended yet: it holds no slot from
+            // now on, and its own `remove` finds this epoch, not its own.
+            self.release_kind(&previous.kind);
+        }
+    }
+
+    /// Removes the attempt holding `fence`, if it is still the job's.
+    fn remove(&mut self, fence: Fence) {
+        if self
+            .attempts
+            .get(&fence.id)
+            .is_some_and(|r| r.epoch == fence.epoch)
+        {
+            let running = self.attempts.remove(&fence.id).expect("checked above");
+            self.release_kind(&running.kind);
+        }
+    }
+
+    /// One attempt of `kind` fewer.
+    fn release_kind(&mut self, kind: &str) {
+        if let Some(n) = self.per_kind.get_mut(kind) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_kind.remove(kind);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -193,7 +229,7 @@ impl Host {
             health,
             started,
             events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
-            event_seq: std::sync::atomic::AtomicU64::new(1),
+            event_seq: Mutex::new(1),
             event_order: tokio::sync::RwLock::new(()),
             sandbox,
         })
@@ -343,11 +379,8 @@ impl Host {
         if self.events.receiver_count() == 0 {
             return;
         }
-        let seq = self
-            .event_seq
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _ = self.events.send(JobEvent {
-            seq,
+        let event = JobEvent {
+            seq: 0,
             id,
             kind: kind.to_owned(),
             state,
@@ -355,7 +388,10 @@ impl Host {
             epoch,
             outcome,
             at: self.clock.now(),
-        });
+        };
+        let mut seq = self.event_seq.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self.events.send(JobEvent { seq: *seq, ..event });
+        *seq += 1;
     }
 
     /// Wakes the producer, after jobs became claimable through this host
@@ -504,12 +540,16 @@ impl Host {
                             sleep = sleep.min(at.since(self.clock.now()));
                         }
                         self.report(Loop::Producer, started, Ok((claimed.jobs.len() as u64, 0)));
-                        if !claimed.jobs.is_empty() && self.events.receiver_count() > 0 {
+                        let ordered = !claimed.jobs.is_empty() && self.events.receiver_count() > 0;
+                        if ordered {
                             // Whoever made these jobs claimable publishes
                             // first (see `ordering_events`).
                             drop(self.event_order.write().await);
                         }
                         for job in claimed.jobs {
+                            if ordered {
+                                self.previous_attempt_published(job.id).await;
+                            }
                             self.publish(
                                 job.id,
                                 &job.kind,
@@ -702,8 +742,7 @@ impl Host {
     /// Registers a claimed job as in flight; returns its cancel signal.
     fn track(&self, job: &ClaimedJob) -> watch::Receiver<Option<CancelReason>> {
         let (tx, rx) = watch::channel(None);
-        let mut inflight = self.lock_inflight();
-        inflight.attempts.insert(
+        self.lock_inflight().add(
             job.id,
             Running {
                 epoch: job.epoch,
@@ -712,27 +751,30 @@ impl Host {
                 finishing: false,
             },
         );
-        *inflight.per_kind.entry(job.kind.clone()).or_default() += 1;
         rx
+    }
+
+    /// Waits until this host's previous attempt at job `id`, if it is
+    /// writing back, has ended: its outcome (a retry due at once, say) made
+    /// the job claimable again, and its event is published before the
+    /// claim's. One still running its plugin was fenced out (its lease
+    /// lost): it publishes nothing, and is not waited for.
+    async fn previous_attempt_published(&self, id: JobId) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while self
+            .lock_inflight()
+            .attempts
+            .get(&id)
+            .is_some_and(|r| r.finishing)
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Removes a finished attempt and wakes the producer for its slot.
     fn untrack(&self, fence: Fence) {
-        let mut inflight = self.lock_inflight();
-        if inflight
-            .attempts
-            .get(&fence.id)
-            .is_some_and(|r| r.epoch == fence.epoch)
-        {
-            let running = inflight.attempts.remove(&fence.id).expect("checked above");
-            if let Some(n) = inflight.per_kind.get_mut(&running.kind) {
-                *n -= 1;
-                if *n == 0 {
-                    inflight.per_kind.remove(&running.kind);
-                }
-            }
-        }
-        drop(inflight);
+        self.lock_inflight().remove(fence);
         self.wake.notify_one();
     }
 
@@ -898,4 +940,46 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
         _ = stop.wait_for(|s| *s) => Some(true),
     };
     stopped.unwrap_or_else(|| *stop.borrow())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running(epoch: u64) -> Running {
+        Running {
+            epoch,
+            kind: "echo".into(),
+            cancel: watch::channel(None).0,
+            finishing: true,
+        }
+    }
+
+    /// A job claimed again before its previous attempt's task ended (a
+    /// retry due at once) holds one slot of its kind, and both tasks'
+    /// ends leave none: the count never leaks, whichever ends first.
+    #[test]
+    fn a_job_claimed_again_before_its_last_attempt_ended_holds_one_slot() {
+        for newer_ends_first in [false, true] {
+            let mut inflight = InFlight::default();
+            inflight.add(7, running(1));
+            inflight.add(7, running(2));
+            assert_eq!(inflight.per_kind["echo"], 1);
+            assert_eq!(inflight.attempts.len(), 1);
+            let (first, second) = match newer_ends_first {
+                false => (1, 2),
+                true => (2, 1),
+            };
+            inflight.remove(Fence {
+                id: 7,
+                epoch: first,
+            });
+            inflight.remove(Fence {
+                id: 7,
+                epoch: second,
+            });
+            assert!(inflight.attempts.is_empty());
+            assert!(inflight.per_kind.is_empty(), "{:?}", inflight.per_kind);
+        }
+    }
 }

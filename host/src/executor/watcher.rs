@@ -40,6 +40,11 @@ impl Host {
                 return;
             }
         };
+        // A plugin dropped in between loading and watching made no event:
+        // look once now that nothing more is missed.
+        if let Err(e) = self.reload_plugins().await {
+            tracing::error!("reloading plugins: {e:#}");
+        }
         loop {
             let events = tokio::select! {
                 _ = stop.wait_for(|s| *s) => break,

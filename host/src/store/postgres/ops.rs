@@ -26,7 +26,7 @@ use crate::time::{Timestamp, duration_ms};
 
 /// A job's state and claim, its row locked until the transaction ends.
 const LOCK_JOB: &str = "
-    SELECT state, epoch, attempt, attempted_at FROM jobs WHERE id = $1
+    SELECT state, epoch, attempt, attempted_at, leased_by FROM jobs WHERE id = $1
     FOR UPDATE";
 
 /// jobs retry: discarded/retryable/cancelled → available now. A job whose
@@ -52,11 +52,11 @@ const CANCEL_RUNNING: &str = "
     WHERE id = $1 AND epoch = $2 AND state = 'running'";
 
 /// The attempt a cancel cut short. $1 job, $2 epoch, $3 attempt,
-/// $4 outcome, $5 error, $6 started, $7 ended, $8 duration.
+/// $4 outcome, $5 error, $6 started, $7 ended, $8 duration, $9 host.
 const INSERT_CANCELLED_ATTEMPT: &str = "
     INSERT INTO attempts (job_id, epoch, attempt, outcome, error, started_at,
-                          ended_at, duration_ms)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+                          ended_at, duration_ms, host)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 /// relay claim: due pending events get a delivery lease and one more
 /// attempt. The candidates are locked and those another relay holds are
@@ -210,6 +210,8 @@ struct Locked {
     epoch: i64,
     attempt: i32,
     attempted_at: Option<Timestamp>,
+    /// The worker holding its lease, if running.
+    leased_by: Option<String>,
 }
 
 /// Locks job `id`'s row for the rest of the transaction and reads its
@@ -225,6 +227,7 @@ fn lock_job(c: &mut Conn, id: JobId) -> Result<Locked> {
         epoch: col(&r, 1)?,
         attempt: col(&r, 2)?,
         attempted_at: read::opt_ts(&r, 3)?,
+        leased_by: col(&r, 4)?,
     })
 }
 
@@ -281,6 +284,7 @@ pub(super) fn cancel_job(c: &mut Conn, id: JobId, now: Timestamp) -> Result<JobS
                     &started_at.0,
                     &now.0,
                     &duration_ms(now.since(started_at)),
+                    &job.leased_by,
                 ],
             )?;
             Ok(JobState::Cancelled)

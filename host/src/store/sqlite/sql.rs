@@ -415,7 +415,7 @@ pub const DELETE_FIRES: &str = "
         WHERE fired_at < ?1 ORDER BY fired_at LIMIT ?2)";
 
 pub const SELECT_STATE: &str = "
-    SELECT state, epoch, attempt, attempted_at FROM jobs WHERE id = ?1";
+    SELECT state, epoch, attempt, attempted_at, leased_by FROM jobs WHERE id = ?1";
 
 /// The columns [`super::read::job_record`] reads, in order.
 pub const JOB_COLUMNS: &str = "

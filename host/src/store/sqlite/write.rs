@@ -645,7 +645,7 @@ pub(super) fn retry_job(conn: &Connection, id: JobId, now: Timestamp) -> Result<
     {
         return Ok(JobState::Available);
     }
-    let (state, ..) = current_state(conn, id)?;
+    let state = current_state(conn, id)?.state;
     Err(StoreError::InvalidState {
         id,
         state,
@@ -662,11 +662,11 @@ pub(super) fn cancel_job(conn: &Connection, id: JobId, now: Timestamp) -> Result
     {
         return Ok(JobState::Cancelled);
     }
-    let (state, epoch, attempt, attempted_at) = current_state(conn, id)?;
-    if state != JobState::Running {
+    let job = current_state(conn, id)?;
+    if job.state != JobState::Running {
         return Err(StoreError::InvalidState {
             id,
-            state,
+            state: job.state,
             action: "cancel",
             expected: "available, retryable or running",
         });
@@ -675,35 +675,62 @@ pub(super) fn cancel_job(conn: &Connection, id: JobId, now: Timestamp) -> Result
     // fence is checked all the same.
     let changed = conn
         .prepare_cached(sql::CANCEL_RUNNING)?
-        .execute(params![id, epoch, now.0])?;
+        .execute(params![id, job.epoch, now.0])?;
     if changed == 0 {
         return Err(StoreError::Backend(format!(
             "job {id} changed while being cancelled; try again"
         )));
     }
     let record = AttemptRecord {
-        attempt,
+        attempt: job.attempt,
         outcome: AttemptOutcome::Cancelled,
         error: Some("cancelled by operator while running".to_owned()),
         fuel_used: None,
-        started_at: attempted_at.unwrap_or(now),
+        started_at: job.attempted_at.unwrap_or(now),
         ended_at: now,
         component_hash: None,
         recording: None,
-        host: None,
+        host: job.leased_by,
     };
-    insert_attempt(conn, Fence { id, epoch }, &record)?;
+    let fence = Fence {
+        id,
+        epoch: job.epoch,
+    };
+    insert_attempt(conn, fence, &record)?;
     Ok(JobState::Cancelled)
 }
 
-fn current_state(conn: &Connection, id: JobId) -> Result<(JobState, u64, u32, Option<Timestamp>)> {
-    let row: Option<(String, u64, u32, Option<i64>)> = conn
+/// What an operator's action reads of a job before acting on it.
+struct Current {
+    state: JobState,
+    epoch: u64,
+    attempt: u32,
+    attempted_at: Option<Timestamp>,
+    /// The worker holding its lease, if running.
+    leased_by: Option<String>,
+}
+
+fn current_state(conn: &Connection, id: JobId) -> Result<Current> {
+    let row = conn
         .prepare_cached(sql::SELECT_STATE)?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .query_row([id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get::<_, Option<i64>>(3)?,
+                r.get(4)?,
+            ))
+        })
         .optional()?;
-    let (state, epoch, attempt, attempted_at) = row.ok_or(StoreError::NotFound(id))?;
-    let state = state.parse().map_err(StoreError::Backend)?;
-    Ok((state, epoch, attempt, attempted_at.map(Timestamp)))
+    let (state, epoch, attempt, attempted_at, leased_by) = row.ok_or(StoreError::NotFound(id))?;
+    Ok(Current {
+        state: state.parse().map_err(StoreError::Backend)?,
+        epoch,
+        attempt,
+        attempted_at: attempted_at.map(Timestamp),
+        leased_by,
+    })
 }
 
 pub(super) fn claim_events(

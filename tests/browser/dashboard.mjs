@@ -751,6 +751,19 @@ async function pages() {
   await open(page, '/schedules/nightly-report', 'schedule');
   mon.assertClean('schedule');
   await shot(page, 'schedule');
+  // The outbox pages on below the last event shown.
+  await open(page, '/outbox?state=failed&limit=2', 'outbox');
+  const eventIds = () => page.locator('tr[data-event-id]')
+    .evaluateAll((rows) => rows.map((r) => Number(r.dataset.eventId)));
+  const newest = await eventIds();
+  check(newest.length === 2, `outbox?limit=2: ${newest.length} events shown`);
+  await page.click('[data-testid="outbox-older"]');
+  await page.waitForURL(/before=/, { timeout: WAIT });
+  await ready(page, 'outbox');
+  const older = await eventIds();
+  check(older.length >= 1 && older.every((id) => id < Math.min(...newest)),
+    `the older page shows ${JSON.stringify(older)}, not events below ${JSON.stringify(newest)}`);
+  mon.assertClean('outbox-older');
   // An unknown job: a page that says so, not a broken one.
   mon.allow(404);
   await page.goto(`${base}/jobs/999999`);

@@ -513,6 +513,20 @@ async fn schedules_plugins_queues_outbox_and_hosts() {
         StatusCode::BAD_REQUEST
     );
     assert_eq!(
+        api.get("/api/outbox?before=1&limit=5").await.body,
+        json!([])
+    );
+    let r = api.get("/api/outbox?before=soon").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("before"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
         api.post("/api/outbox/7/retry", json!({})).await.status,
         StatusCode::NOT_FOUND
     );

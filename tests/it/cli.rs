@@ -498,6 +498,11 @@ fn outbox_commands_and_callback_validation() {
     assert!(e.contains("outbox event 99 not found"), "{e}");
     let e = env.fails(&["outbox", "list", "--state", "lost"]);
     assert!(e.contains("lost"), "{e}");
+    let out: Value =
+        serde_json::from_str(&env.ok(&["outbox", "list", "--before", "5", "--json"])).unwrap();
+    assert_eq!(out, serde_json::json!([]));
+    let e = env.fails(&["outbox", "list", "--before", "soon"]);
+    assert!(e.contains("--before"), "{e}");
     let e = env.enqueue_fails(&["--callback", "ftp://example.com/x"]);
     assert!(
         e.contains("--callback") && e.contains("not http or https"),

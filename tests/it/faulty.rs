@@ -211,9 +211,10 @@ impl Store for Faulty {
     fn list_events(
         &self,
         state: Option<EventState>,
+        before: Option<i64>,
         limit: u32,
     ) -> StoreFuture<'_, Vec<EventRecord>> {
-        self.inner.list_events(state, limit)
+        self.inner.list_events(state, before, limit)
     }
 
     fn retry_event(&self, id: i64, now: Timestamp) -> StoreFuture<'_, ()> {

@@ -34,7 +34,7 @@ async fn wait_event_state(
         || {
             let store = Arc::clone(&store);
             async move {
-                let events = store.list_events(Some(state), 100).await.unwrap();
+                let events = store.list_events(Some(state), None, 100).await.unwrap();
                 (events.len() >= n).then_some(events)
             }
         },
@@ -253,14 +253,14 @@ async fn relay_iterations_report_all_partial_and_no_failures() {
     let store = h.store();
     assert_eq!(
         store
-            .list_events(Some(EventState::Delivered), 100)
+            .list_events(Some(EventState::Delivered), None, 100)
             .await
             .unwrap()
             .len(),
         3
     );
     let pending = store
-        .list_events(Some(EventState::Pending), 100)
+        .list_events(Some(EventState::Pending), None, 100)
         .await
         .unwrap();
     assert_eq!(pending.len(), 3);
@@ -298,7 +298,7 @@ async fn pending_events_survive_a_restart_and_are_delivered_when_the_receiver_is
     }
     let store = h.store();
     let pending = store
-        .list_events(Some(EventState::Pending), 10)
+        .list_events(Some(EventState::Pending), None, 10)
         .await
         .unwrap();
     assert_eq!(pending.len(), 1);
@@ -344,7 +344,11 @@ async fn a_full_backlog_refuses_emits_and_fails_the_attempt() {
         rec.error
     );
     assert!(
-        h.store().list_events(None, 10).await.unwrap().is_empty(),
+        h.store()
+            .list_events(None, None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "no event of the failed attempt was kept"
     );
 }
@@ -519,4 +523,52 @@ async fn the_ledger_example_moves_money_exactly_once_and_announces_it() {
     credited.sort();
     credited.dedup();
     assert_eq!(credited, vec!["t1", "t2", "t3"]);
+}
+
+/// The outbox pages newest first: each page starts below the last id of
+/// the one before, every event appears once, and a state filter pages the
+/// same way.
+#[tokio::test]
+async fn events_page_newest_first_below_the_last_id_seen() {
+    let h = Harness::new(&[], "");
+    let url = "http://127.0.0.1:9/unused".to_owned();
+    commit_events(&h, (0..7).map(|_| ("t", url.clone())).collect()).await;
+    let store = h.store();
+    let all: Vec<i64> = store
+        .list_events(None, None, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(all.len(), 7);
+    assert!(all.windows(2).all(|w| w[0] > w[1]), "newest first: {all:?}");
+    for state in [None, Some(EventState::Pending)] {
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store.list_events(state, before, 3).await.unwrap();
+            assert!(page.len() <= 3);
+            seen.extend(page.iter().map(|e| e.id));
+            match page.last() {
+                Some(last) if page.len() == 3 => before = Some(last.id),
+                _ => break,
+            }
+        }
+        assert_eq!(seen, all, "state {state:?}");
+    }
+    assert!(
+        store
+            .list_events(Some(EventState::Failed), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_events(None, Some(all[6]), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

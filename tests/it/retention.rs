@@ -149,7 +149,7 @@ async fn the_cleaner_compacts_kv_tombstones_and_delivered_events() {
     clock.set(t0.plus(Duration::from_secs(3601)));
     let r = host.clean_expired().await.unwrap();
     assert_eq!(r.events, 1, "only the delivered event");
-    let left = store.list_events(None, 10).await.unwrap();
+    let left = store.list_events(None, None, 10).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].id, events[1].id);
 }

@@ -67,7 +67,7 @@ async fn snapshot(store: &dyn Store) -> String {
     {
         out.push_str(&format!("kv {k} {v:?}\n"));
     }
-    for e in store.list_events(None, 100).await.unwrap() {
+    for e in store.list_events(None, None, 100).await.unwrap() {
         out.push_str(&format!("{e:?}\n"));
     }
     for s in store.schedules().await.unwrap() {

@@ -207,6 +207,8 @@ pub async fn resume_queue(
 #[serde(deny_unknown_fields)]
 pub struct OutboxQuery {
     state: Option<String>,
+    /// Only events with a lower id: the next page after the last one seen.
+    before: Option<i64>,
     /// At most this many (default 100, at most 1000).
     limit: Option<u32>,
 }
@@ -226,7 +228,13 @@ pub async fn outbox(
         .map(str::parse)
         .transpose()
         .map_err(|e: String| ApiError::invalid(format!("state: {e}")))?;
-    Ok(Json(state.host.store().list_events(filter, limit).await?))
+    Ok(Json(
+        state
+            .host
+            .store()
+            .list_events(filter, q.before, limit)
+            .await?,
+    ))
 }
 
 /// An event retried.

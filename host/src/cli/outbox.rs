@@ -15,6 +15,9 @@ pub enum OutboxCommand {
         state: Option<EventState>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Only events older than this id (the next page after it).
+        #[arg(long)]
+        before: Option<i64>,
         #[arg(long)]
         json: bool,
     },
@@ -31,8 +34,13 @@ pub async fn main(config: &Config, cmd: OutboxCommand) -> anyhow::Result<()> {
 
 async fn run(store: &dyn Store, cmd: OutboxCommand) -> anyhow::Result<()> {
     match cmd {
-        OutboxCommand::List { state, limit, json } => {
-            let events = store.list_events(state, limit).await?;
+        OutboxCommand::List {
+            state,
+            limit,
+            before,
+            json,
+        } => {
+            let events = store.list_events(state, before, limit).await?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&events)?)?;
                 return Ok(());

@@ -457,10 +457,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         now: Timestamp,
     ) -> StoreFuture<'_, Fenced>;
 
-    /// Events, newest first.
+    /// Events, newest first: with `before`, only those whose id is lower
+    /// (the next page after the last id seen).
     fn list_events(
         &self,
         state: Option<EventState>,
+        before: Option<i64>,
         limit: u32,
     ) -> StoreFuture<'_, Vec<EventRecord>>;
 

@@ -1962,6 +1962,7 @@
   async function pageOutbox(view, main, _m, params) {
     const state = EVENT_STATES.includes(params.get("state")) ? params.get("state") : "";
     const limit = Math.min(1000, Math.max(1, Number(params.get("limit")) || 100));
+    const before = /^[1-9][0-9]{0,17}$/.test(params.get("before") || "") ? params.get("before") : "";
     const sel = h("select", { id: "o-state", name: "state" }, h("option", { value: "" }, "Any state"),
       EVENT_STATES.map((x) => h("option", { value: x }, x)));
     sel.value = state;
@@ -1977,24 +1978,37 @@
     async function draw() {
       let evs;
       try {
-        evs = await view.api("/api/outbox", { query: { state, limit } });
+        evs = await view.api("/api/outbox", { query: { state, limit, before } });
       } catch (e) {
         if (e instanceof Stale) throw e;
         box.replaceChildren(errorBox("Could not load the outbox", e, () => draw()));
         return;
       }
       foot.replaceChildren();
+      // Links keep the filter and change the page.
+      const link = (changes, text) => {
+        const q = new URLSearchParams(location.search);
+        for (const [k, v] of Object.entries(changes)) v ? q.set(k, v) : q.delete(k);
+        return a(`/outbox${q.size ? `?${q}` : ""}`, text);
+      };
+      const newest = before ? link({ before: "" }, "Newest events") : null;
       if (!evs.length) {
-        box.replaceChildren(emptyState(state ? `No ${state} events.` : "No events yet: plugins with an outbox grant emit them.",
-          state ? a("/outbox", "Show every state") : null));
+        box.replaceChildren(emptyState(
+          before ? `No ${state ? `${state} ` : ""}events older than #${before}.`
+            : state ? `No ${state} events.` : "No events yet: plugins with an outbox grant emit them.",
+          newest || (state ? a("/outbox", "Show every state") : null)));
         return;
       }
       keepFocus(box, () => box.replaceChildren(table(eventCols(true), evs.map((ev) => eventRow(ev, () => draw())), { testid: "outbox" })));
-      foot.append(h("span", { class: "muted" }, `${num(evs.length)} newest event${evs.length === 1 ? "" : "s"} shown`));
-      if (evs.length >= limit && limit < 1000) {
-        const q = new URLSearchParams(location.search);
-        q.set("limit", String(Math.min(1000, limit * 5)));
-        foot.append(" ", a(`/outbox?${q}`, `Show up to ${num(Math.min(1000, limit * 5))}`));
+      foot.append(h("span", { class: "muted" }, before
+        ? `${num(evs.length)} event${evs.length === 1 ? "" : "s"} older than #${before} shown`
+        : `${num(evs.length)} newest event${evs.length === 1 ? "" : "s"} shown`));
+      if (newest) foot.append(" ", newest);
+      if (evs.length >= limit) {
+        const older = link({ before: String(evs[evs.length - 1].id) }, "Older events");
+        older.dataset.testid = "outbox-older";
+        foot.append(" ", older);
+        if (limit < 1000) foot.append(" ", link({ limit: String(Math.min(1000, limit * 5)) }, `Show up to ${num(Math.min(1000, limit * 5))}`));
       }
     }
     const soon = throttle(() => draw().catch(() => {}), 3000);

@@ -720,9 +720,10 @@ impl Store for PgStore {
     fn list_events(
         &self,
         state: Option<EventState>,
+        before: Option<i64>,
         limit: u32,
     ) -> StoreFuture<'_, Vec<EventRecord>> {
-        self.read(move |c| read::list_events(c, state, limit))
+        self.read(move |c| read::list_events(c, state, before, limit))
     }
 
     fn retry_event(&self, id: i64, now: Timestamp) -> StoreFuture<'_, ()> {

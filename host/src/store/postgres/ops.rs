@@ -810,7 +810,7 @@ mod tests {
             let counts = store.event_counts().await.unwrap();
             assert_eq!((counts.pending, counts.delivered, counts.failed), (1, 1, 1));
             let failed = store
-                .list_events(Some(EventState::Failed), 10)
+                .list_events(Some(EventState::Failed), None, 10)
                 .await
                 .unwrap();
             assert_eq!(failed.len(), 1);
@@ -820,7 +820,7 @@ mod tests {
             );
             store.retry_event(3, t).await.unwrap();
             assert_eq!(store.pending_events().await.unwrap(), 2);
-            let all = store.list_events(None, 10).await.unwrap();
+            let all = store.list_events(None, None, 10).await.unwrap();
             assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), [3, 2, 1]);
             store.close().await.unwrap();
         });

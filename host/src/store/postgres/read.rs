@@ -88,7 +88,8 @@ macro_rules! event_columns {
 const LIST_EVENTS: &str = concat!(
     "SELECT ",
     event_columns!(),
-    " FROM outbox WHERE ($1::text IS NULL OR state = $1) ORDER BY id DESC LIMIT $2"
+    " FROM outbox WHERE id < $3 AND ($1::text IS NULL OR state = $1)",
+    " ORDER BY id DESC LIMIT $2"
 );
 
 const COUNT_PENDING_EVENTS: &str = "SELECT COUNT(*) FROM outbox WHERE state = 'pending'";
@@ -291,10 +292,12 @@ pub(super) fn kv_list(
 pub(super) fn list_events(
     c: &mut Conn,
     state: Option<EventState>,
+    before: Option<i64>,
     limit: u32,
 ) -> Result<Vec<EventRecord>> {
     let state = state.map(EventState::as_str);
-    c.query(LIST_EVENTS, &[&state, &i64::from(limit)])?
+    let before = before.unwrap_or(i64::MAX);
+    c.query(LIST_EVENTS, &[&state, &i64::from(limit), &before])?
         .iter()
         .map(event_record)
         .collect()

@@ -343,15 +343,22 @@ pub(super) fn kv_list(
 pub(super) fn list_events(
     conn: &Connection,
     state: Option<EventState>,
+    before: Option<i64>,
     limit: u32,
 ) -> Result<Vec<EventRecord>> {
+    // The id bound is a range on the rowid, walked downwards from it.
     let q = format!(
-        "SELECT {} FROM outbox WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2",
+        "SELECT {} FROM outbox WHERE id < ?3 AND (?1 IS NULL OR state = ?1)
+         ORDER BY id DESC LIMIT ?2",
         sql::EVENT_COLUMNS
     );
     let mut stmt = conn.prepare_cached(&q)?;
     let rows = stmt.query_map(
-        rusqlite::params![state.map(EventState::as_str), limit],
+        rusqlite::params![
+            state.map(EventState::as_str),
+            limit,
+            before.unwrap_or(i64::MAX)
+        ],
         event_record,
     )?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -403,9 +403,17 @@ fn bench_measures_the_api() {
 
     let r = json(&["--overhead", "-n", "500", "--rounds", "1"]);
     assert!(r["ratio"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["ratio_with_event_stream"].as_f64().unwrap() > 0.0, "{r}");
     assert!(
-        r["scrapes"].as_u64().unwrap() >= 2,
-        "scraped at least once: {r}"
+        r["scrapes"].as_u64().unwrap() >= 4,
+        "scraped at least once in each round with the API: {r}"
+    );
+    // The stream carried each job's running and completed, or said what
+    // it missed.
+    assert_eq!(
+        r["events"].as_u64().unwrap() + r["events_missed"].as_u64().unwrap(),
+        1000,
+        "{r}"
     );
 
     let r = json(&["--observe", "--plugins", "3", "--rows", "5000"]);

@@ -730,24 +730,38 @@ pub async fn events(
         outside_due: None,
         outside_sent: None,
     };
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    fn job_event(ev: &crate::job::JobEvent) -> Event {
+        Event::default()
+            .event("job")
+            .id(ev.seq.to_string())
+            .json_data(ev)
+            .unwrap_or_else(|_| Event::default().comment("unencodable event"))
+    }
+    fn lagged(n: u64) -> Event {
+        Event::default()
+            .event("lagged")
+            .data(format!("{{\"missed\":{n}}}"))
+    }
     let stream = futures_util::stream::unfold(follow, |mut f| async move {
         loop {
             if *f.closing.borrow() {
-                return None;
+                // Shutting down: what was published before goes out, then
+                // the stream ends.
+                let event = match f.rx.try_recv() {
+                    Ok(ev) => job_event(&ev),
+                    Err(TryRecvError::Lagged(n)) => lagged(n),
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => return None,
+                };
+                return Some((Ok(event), f));
             }
             let event = tokio::select! {
                 r = f.rx.recv() => match r {
-                    Ok(ev) => Event::default()
-                        .event("job")
-                        .id(ev.seq.to_string())
-                        .json_data(&ev)
-                        .unwrap_or_else(|_| Event::default().comment("unencodable event")),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Event::default()
-                        .event("lagged")
-                        .data(format!("{{\"missed\":{n}}}")),
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    Ok(ev) => job_event(&ev),
+                    Err(RecvError::Lagged(n)) => lagged(n),
+                    Err(RecvError::Closed) => return None,
                 },
-                _ = f.closing.wait_for(|c| *c) => return None,
+                _ = f.closing.wait_for(|c| *c) => continue,
                 changed = async {
                     match f.outside.as_mut() {
                         Some(rx) => rx.changed().await,

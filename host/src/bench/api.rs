@@ -5,9 +5,10 @@
 //!   in batches of 1,000 (no host loops running: acceptance alone), then
 //!   submit → result of one `POST /api/jobs?wait=…` at a time on an idle
 //!   host.
-//! - `--overhead`: the end-to-end drain without the API, then with it
-//!   serving and `/metrics` and `/api/stats` scraped every second,
-//!   alternating; the ratio of the medians.
+//! - `--overhead`: the end-to-end drain without the API, with it serving
+//!   and `/metrics` and `/api/stats` scraped every second, and with
+//!   `/api/events` read throughout as well (a dashboard open), in turn;
+//!   the ratios of the medians.
 //! - `--observe`: `/metrics` and `/api/stats` response times with many
 //!   plugins and many jobs in the database.
 //! - `--idle`: the CPU an idle host (with its API) uses.
@@ -189,6 +190,23 @@ pub struct OverheadReport {
     pub(super) scrapes: u64,
     /// Median with / median without.
     pub(super) ratio: f64,
+    /// Jobs/s of each round with the scrapes and `/api/events` read
+    /// throughout, as by an open dashboard.
+    pub(super) with_event_stream: Vec<f64>,
+    /// Job events the stream carried in all rounds (two per job: running
+    /// and completed), and how many it said its reader missed.
+    pub(super) events: u64,
+    pub(super) events_missed: u64,
+    /// Median with the event stream / median without the API.
+    pub(super) ratio_with_event_stream: f64,
+}
+
+/// What a drain runs beside the host.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Beside {
+    Nothing,
+    Scrapes,
+    ScrapesAndEvents,
 }
 
 /// `--overhead`.
@@ -200,14 +218,23 @@ pub async fn overhead(
 ) -> anyhow::Result<OverheadReport> {
     let mut without = Vec::new();
     let mut with = Vec::new();
+    let mut streamed = Vec::new();
     let mut scrapes = 0;
+    let mut events = EventCount::default();
     for round in 0..rounds {
-        for api in [false, true] {
+        for beside in [Beside::Nothing, Beside::Scrapes, Beside::ScrapesAndEvents] {
             let mut config = config.clone();
-            sqlite(&mut config).path = dir.join(format!("overhead-{round}-{api}.db"));
-            let (rate, scraped) = drain(&config, args, api).await?;
+            sqlite(&mut config).path = dir.join(format!("overhead-{round}-{beside:?}.db"));
+            let (rate, scraped, read) = drain(&config, args, beside).await?;
             scrapes += scraped;
-            if api { &mut with } else { &mut without }.push(rate);
+            events.jobs += read.jobs;
+            events.missed += read.missed;
+            match beside {
+                Beside::Nothing => &mut without,
+                Beside::Scrapes => &mut with,
+                Beside::ScrapesAndEvents => &mut streamed,
+            }
+            .push(rate);
         }
     }
     let median = |v: &[f64]| {
@@ -220,21 +247,88 @@ pub async fn overhead(
         n: args.n,
         rounds,
         ratio: median(&with) / median(&without),
+        ratio_with_event_stream: median(&streamed) / median(&without),
         without_api: without,
         with_api_and_scrapes: with,
+        with_event_stream: streamed,
         scrapes,
+        events: events.jobs,
+        events_missed: events.missed,
     })
 }
 
-/// Drains `args.n` jobs; returns jobs/s and how many scrapes were made.
-async fn drain(config: &Config, args: &BenchArgs, api: bool) -> anyhow::Result<(f64, u64)> {
+/// What a reader of `/api/events` saw.
+#[derive(Debug, Default)]
+struct EventCount {
+    jobs: u64,
+    missed: u64,
+}
+
+/// Reads `/api/events` until the connection closes, counting its job
+/// events and the events it says were missed.
+async fn read_events(served: &Served) -> anyhow::Result<tokio::task::JoinHandle<EventCount>> {
+    let mut client = served.client().await?;
+    let res = client.send(Method::GET, "/api/events", None).await?;
+    if !res.status().is_success() {
+        bail!("/api/events answered {}", res.status());
+    }
+    Ok(tokio::spawn(async move {
+        use http_body_util::BodyExt;
+        let _client = client;
+        let mut body = res.into_body();
+        let mut count = EventCount::default();
+        let mut buf = Vec::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            // Whole events only: up to the last blank line.
+            let Some(end) = buf.windows(2).rposition(|w| w == b"\n\n") else {
+                continue;
+            };
+            for event in buf[..end]
+                .split(|&b| b == b'\n')
+                .filter(|l| l.starts_with(b"event: "))
+            {
+                if event == b"event: job" {
+                    count.jobs += 1;
+                }
+            }
+            for line in buf[..end]
+                .split(|&b| b == b'\n')
+                .filter_map(|l| l.strip_prefix(b"data: {\"missed\":"))
+            {
+                let digits: Vec<u8> = line
+                    .iter()
+                    .copied()
+                    .take_while(u8::is_ascii_digit)
+                    .collect();
+                count.missed += std::str::from_utf8(&digits)
+                    .ok()
+                    .and_then(|d| d.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+            buf.drain(..end + 2);
+        }
+        count
+    }))
+}
+
+/// Drains `args.n` jobs; returns jobs/s, how many scrapes were made and
+/// what the event stream carried.
+async fn drain(
+    config: &Config,
+    args: &BenchArgs,
+    beside: Beside,
+) -> anyhow::Result<(f64, u64, EventCount)> {
     let template = NewJob::new(&args.plugin, r#"{"hello":"world"}"#).map_err(anyhow::Error::msg)?;
     let store = Arc::new(SqliteStore::open(&sqlite_of(config))?);
     fill_with(store.as_ref(), args.n, |_| template.clone()).await?;
     store.close().await?;
     let served = Served::start(config, false).await?;
     let scrapes = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let scraper = if api {
+    let scraper = if beside != Beside::Nothing {
         let mut client = served.client().await?;
         let scrapes = Arc::clone(&scrapes);
         // The drain starts once the first scrape is done, so that even a
@@ -262,7 +356,11 @@ async fn drain(config: &Config, args: &BenchArgs, api: bool) -> anyhow::Result<(
             let Err(e) = task.await?;
             return Err(e);
         }
-        Some(task)
+        let events = match beside {
+            Beside::ScrapesAndEvents => Some(read_events(&served).await?),
+            _ => None,
+        };
+        Some((task, events))
     } else {
         let _ = served.stop.send(true);
         None
@@ -280,21 +378,28 @@ async fn drain(config: &Config, args: &BenchArgs, api: bool) -> anyhow::Result<(
     }
     let rate = args.n as f64 / started.elapsed().as_secs_f64();
     runner.stop().await?;
-    if let Some(task) = scraper {
+    let mut reader = None;
+    if let Some((task, events)) = scraper {
         if task.is_finished() {
             // It only ends with an error.
             task.await??;
         } else {
             task.abort();
         }
+        reader = events;
     }
     let scrapes = scrapes.load(std::sync::atomic::Ordering::Relaxed);
     let completed = served.host.metrics().outcome(AttemptOutcome::Completed);
+    // Stopping the server ends the event stream, and with it the reader.
     served.stop().await?;
+    let events = match reader {
+        Some(reader) => reader.await?,
+        None => EventCount::default(),
+    };
     if completed != args.n as u64 {
         bail!("only {completed} of {} jobs completed", args.n);
     }
-    Ok((rate, scrapes))
+    Ok((rate, scrapes, events))
 }
 
 #[derive(Debug, Serialize)]

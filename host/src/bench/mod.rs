@@ -266,14 +266,18 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
                     .join(", ")
             };
             format!(
-                "overhead ({} jobs of {}, {} rounds): without the API {} jobs/s; with the API and a scrape every second ({} scrapes) {} jobs/s; ratio of medians {:.3}",
+                "overhead ({} jobs of {}, {} rounds): without the API {} jobs/s; with the API and a scrape every second ({} scrapes) {} jobs/s, ratio of medians {:.3}; with the event stream read too ({} job events, {} missed) {} jobs/s, ratio {:.3}",
                 r.n,
                 r.plugin,
                 r.rounds,
                 list(&r.without_api),
                 r.scrapes,
                 list(&r.with_api_and_scrapes),
-                r.ratio
+                r.ratio,
+                r.events,
+                r.events_missed,
+                list(&r.with_event_stream),
+                r.ratio_with_event_stream
             )
         });
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobbox::job::{AttemptOutcome, AttemptRecord, Effects, Fenced, Finish, JobState, Transition};
+use jobbox::job::{AttemptOutcome, Effects, Fenced, Finish, JobState, Transition};
 use jobbox::store::{ClaimRequest, Store};
 use jobbox::time::{Clock, SystemClock};
 
@@ -107,17 +107,7 @@ async fn kv_writes_of_a_stale_attempt_never_appear_while_the_new_holders_do() {
     assert_eq!(claimed.epoch, 2);
     let finish = Finish {
         fence: claimed.fence(),
-        attempt: AttemptRecord {
-            attempt: claimed.attempt,
-            outcome: AttemptOutcome::Completed,
-            error: None,
-            fuel_used: None,
-            started_at: later,
-            ended_at: later,
-            component_hash: None,
-            recording: None,
-            host: None,
-        },
+        attempt: crate::support::completed(claimed.attempt, later, None),
         transition: Transition::Complete {
             output: r#"{"by":"other"}"#.into(),
         },

@@ -4,9 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobbox::job::{
-    AttemptOutcome, AttemptRecord, Effects, Fenced, Finish, JobState, NewEvent, Transition,
-};
+use jobbox::job::{AttemptOutcome, Effects, Fenced, Finish, JobState, NewEvent, Transition};
 use jobbox::outbox::EventState;
 use jobbox::store::{ClaimRequest, Store};
 use jobbox::time::{Clock, SystemClock};
@@ -177,17 +175,7 @@ async fn commit_events(h: &Harness, events: Vec<(&str, String)>) {
         .collect();
     let finish = Finish {
         fence: claimed.fence(),
-        attempt: AttemptRecord {
-            attempt: 1,
-            outcome: AttemptOutcome::Completed,
-            error: None,
-            fuel_used: None,
-            started_at: now,
-            ended_at: now,
-            component_hash: None,
-            recording: None,
-            host: None,
-        },
+        attempt: crate::support::completed(1, now, None),
         transition: Transition::Complete {
             output: "{}".into(),
         },

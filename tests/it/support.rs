@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use jobbox::config::Config;
 use jobbox::executor::{Host, HostTask};
-use jobbox::job::{JobId, JobRecord, JobState, NewJob};
+use jobbox::job::{AttemptOutcome, AttemptRecord, JobId, JobRecord, JobState, NewJob};
 use jobbox::store::postgres::PgOptions;
 use jobbox::store::sqlite::SqliteOptions;
 use jobbox::store::{ClaimRequest, Opened, Store, StoreOptions};
@@ -260,8 +260,8 @@ pub async fn assert_taken_over(store: &dyn Store, id: JobId, output: &str) {
     assert_eq!(
         outcomes,
         vec![
-            (1, jobbox::job::AttemptOutcome::LeaseExpired),
-            (2, jobbox::job::AttemptOutcome::Completed)
+            (1, AttemptOutcome::LeaseExpired),
+            (2, AttemptOutcome::Completed)
         ]
     );
 }
@@ -282,6 +282,21 @@ where
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A completed attempt's record, as a host that ran it at `at` writes it.
+pub fn completed(attempt: u32, at: Timestamp, host: Option<&str>) -> AttemptRecord {
+    AttemptRecord {
+        attempt,
+        outcome: AttemptOutcome::Completed,
+        error: None,
+        fuel_used: None,
+        started_at: at,
+        ended_at: at,
+        component_hash: None,
+        recording: None,
+        host: host.map(str::to_owned),
     }
 }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiState};
 use crate::job::{JobAction, JobFilter, JobId, JobRecord, JobState};
-use crate::store::JobEffects;
+use crate::store::{JobEffects, StoreError};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -368,7 +368,7 @@ pub async fn show(
         .job(id)
         .await?
         .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))
+        .ok_or_else(|| StoreError::NotFound(id).into())
 }
 
 /// `GET /api/jobs/{id}/effects`: the kv writes and outbox events the job
@@ -384,7 +384,7 @@ pub async fn effects(
         .job_effects(id)
         .await?
         .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))
+        .ok_or_else(|| StoreError::NotFound(id).into())
 }
 
 /// A job's new state after an operator's action.

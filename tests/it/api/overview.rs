@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use jobbox::api::ApiConfig;
-use jobbox::job::{AttemptOutcome, AttemptRecord, Effects, Fenced, Finish, JobState, Transition};
+use jobbox::job::{Effects, Fenced, Finish, JobState, Transition};
 use jobbox_tests::pg::Backend;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -643,17 +643,7 @@ async fn effects_show_a_kv_delete() {
                 .remove(0);
             let finish = Finish {
                 fence: claimed.fence(),
-                attempt: AttemptRecord {
-                    attempt: 1,
-                    outcome: AttemptOutcome::Completed,
-                    error: None,
-                    fuel_used: None,
-                    started_at: now,
-                    ended_at: now,
-                    component_hash: None,
-                    recording: None,
-                    host: Some("keeper-host".into()),
-                },
+                attempt: crate::support::completed(1, now, Some("keeper-host")),
                 transition: Transition::Complete {
                     output: "{}".into(),
                 },
